@@ -1,0 +1,330 @@
+//! The domain's load-time checks: facts that Cedar's schema cannot express.
+//!
+//! They run when the schema is the platform's model (namespace `Prefect` with
+//! its `Workspace`, `Organization`, `User`, `ServiceAccount` and `Role`
+//! types); a general Cedar schema skips them. Each names the rule it enforces:
+//!
+//! * R5: a service account is never an org Admin (the schema already forbids
+//!   it; the error says so in the domain's words).
+//! * R1: an Admin is a member of the organization it administers.
+//! * R6: an explicit workspace role (a tag) is held only by a member of the
+//!   workspace's organization, or by a user invited to a personal workspace;
+//!   a service account belongs to the organization it names.
+//! * R9: a custom role is used only in workspaces of its own organization.
+//! * R11: a workspace's handle is unique within its organization or account.
+//! * References: the workspaces (by `key`) and roles named by tags, default
+//!   roles, organizations and owners exist.
+
+use std::collections::{HashMap, HashSet};
+
+use cedar_policy::{Entities, Entity, EntityUid, EvalResult, Schema};
+
+use crate::diag::Diagnostic;
+use crate::load::{TextFile, locate_entity};
+
+const NS: &str = "Prefect";
+
+/// Does the schema describe the platform's model?
+pub fn applies(schema: &Schema) -> bool {
+    let types: HashSet<String> = schema.entity_types().map(ToString::to_string).collect();
+    [
+        "Workspace",
+        "Organization",
+        "User",
+        "ServiceAccount",
+        "Role",
+        "OrgAdmins",
+    ]
+    .iter()
+    .all(|t| types.contains(&format!("{NS}::{t}")))
+}
+
+/// A domain explanation for an entity Cedar rejected, when there is one
+/// (R5: a service account among an organization's admins).
+pub fn explain_entity_error(
+    item: &serde_json::Value,
+    err: &dyn std::error::Error,
+) -> Option<String> {
+    let uid = item.get("uid")?;
+    let uid = uid.get("__entity").unwrap_or(uid);
+    let ty = uid.get("type")?.as_str()?;
+    if ty != format!("{NS}::ServiceAccount") {
+        return None;
+    }
+    let admin_parent = item.get("parents")?.as_array()?.iter().find_map(|p| {
+        let p = p.get("__entity").unwrap_or(p);
+        (p.get("type")?.as_str()? == format!("{NS}::OrgAdmins"))
+            .then(|| p.get("id")?.as_str().map(str::to_string))?
+    })?;
+    let id = uid.get("id")?.as_str()?;
+    Some(format!(
+        "R5: service account {ty}::{id:?} is listed among the admins {NS}::OrgAdmins::{admin_parent:?}; \
+         a service account may only be a Member of an organization, never an Admin ({err})"
+    ))
+}
+
+struct Checker<'a> {
+    entities: &'a Entities,
+    origin: &'a HashMap<EntityUid, usize>,
+    files: &'a [TextFile],
+    out: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, at: &EntityUid, message: String) {
+        let (file, position) = match self.origin.get(at).and_then(|i| self.files.get(*i)) {
+            Some(f) => (Some(f.path.as_path()), locate_entity(&f.text, at)),
+            None => (None, None),
+        };
+        self.out.push(Diagnostic::plain(file, position, message));
+    }
+
+    fn exists(&self, uid: &EntityUid) -> bool {
+        self.entities.get(uid).is_some()
+    }
+}
+
+fn ty(uid: &EntityUid) -> &str {
+    uid.type_name().basename()
+}
+
+fn in_ns(uid: &EntityUid) -> bool {
+    uid.type_name().namespace() == NS
+}
+
+fn entity_attr(e: &Entity, name: &str) -> Option<EntityUid> {
+    match e.attr(name)? {
+        Ok(EvalResult::EntityUid(u)) => Some(u),
+        _ => None,
+    }
+}
+
+fn string_attr(e: &Entity, name: &str) -> Option<String> {
+    match e.attr(name)? {
+        Ok(EvalResult::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// Run every domain check; an empty result means the facts are consistent.
+pub fn check(
+    entities: &Entities,
+    origin: &HashMap<EntityUid, usize>,
+    files: &[TextFile],
+) -> Vec<Diagnostic> {
+    let mut c = Checker {
+        entities,
+        origin,
+        files,
+        out: Vec::new(),
+    };
+    // Workspaces by key, and handles per owning account.
+    let mut by_key: HashMap<String, &Entity> = HashMap::new();
+    let mut handles: HashMap<(EntityUid, String), EntityUid> = HashMap::new();
+    let mut sorted: Vec<&Entity> = entities.iter().filter(|e| in_ns(&e.uid())).collect();
+    sorted.sort_by_key(|e| e.uid().to_string());
+    let org_of_admins: HashMap<EntityUid, EntityUid> = sorted
+        .iter()
+        .filter(|e| ty(&e.uid()) == "Organization")
+        .filter_map(|e| Some((entity_attr(e, "admins")?, e.uid())))
+        .collect();
+
+    for e in &sorted {
+        let uid = e.uid();
+        match ty(&uid) {
+            "Workspace" => check_workspace(&mut c, e, &mut by_key, &mut handles),
+            "Organization" => {
+                if let Some(admins) = entity_attr(e, "admins")
+                    && !c.exists(&admins)
+                {
+                    c.error(
+                        &uid,
+                        format!("organization {uid}: its admins group {admins} does not exist"),
+                    );
+                }
+            }
+            "Invitation" => {
+                if let Some(org) = entity_attr(e, "org")
+                    && !c.exists(&org)
+                {
+                    c.error(
+                        &uid,
+                        format!("invitation {uid}: organization {org} does not exist"),
+                    );
+                }
+            }
+            "Role" => {
+                if let Some(org) = entity_attr(e, "org")
+                    && !c.exists(&org)
+                {
+                    c.error(
+                        &uid,
+                        format!("custom role {uid}: organization {org} does not exist"),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    for e in &sorted {
+        let uid = e.uid();
+        match ty(&uid) {
+            "User" | "ServiceAccount" => check_principal(&mut c, e, &by_key, &org_of_admins),
+            _ => {}
+        }
+    }
+    c.out
+}
+
+fn check_workspace<'a>(
+    c: &mut Checker<'_>,
+    e: &'a Entity,
+    by_key: &mut HashMap<String, &'a Entity>,
+    handles: &mut HashMap<(EntityUid, String), EntityUid>,
+) {
+    let uid = e.uid();
+    let org = entity_attr(e, "org");
+    let owner = entity_attr(e, "owner");
+    let account = match (&org, &owner) {
+        (Some(o), None) => o.clone(),
+        (None, Some(o)) => o.clone(),
+        _ => {
+            c.error(&uid, format!("workspace {uid}: exactly one of `org` (organization workspace) and `owner` (personal workspace) must be set"));
+            return;
+        }
+    };
+    if !c.exists(&account) {
+        c.error(
+            &uid,
+            format!(
+                "workspace {uid}: its {} {account} does not exist",
+                if org.is_some() {
+                    "organization"
+                } else {
+                    "owner"
+                }
+            ),
+        );
+    }
+    if let Some(key) = string_attr(e, "key") {
+        if let Some(prev) = by_key.get(&key) {
+            c.error(
+                &uid,
+                format!(
+                    "workspace {uid}: key {key:?} is already the key of {}",
+                    prev.uid()
+                ),
+            );
+        } else {
+            by_key.insert(key, e);
+        }
+    }
+    if let Some(handle) = string_attr(e, "handle") {
+        if let Some(prev) = handles.get(&(account.clone(), handle.clone())) {
+            c.error(&uid, format!("R11: workspace {uid}: handle {handle:?} is already used by {prev} in {account}; a handle is unique within its account or organization"));
+        } else {
+            handles.insert((account.clone(), handle), uid.clone());
+        }
+    }
+    if let Some(role) = entity_attr(e, "defaultRole") {
+        check_role_use(c, &uid, &role, org.as_ref(), "default role");
+    }
+    for attr in ["transferTo"] {
+        if let Some(target) = entity_attr(e, attr)
+            && !c.exists(&target)
+        {
+            c.error(
+                &uid,
+                format!("workspace {uid}: `{attr}` names {target}, which does not exist"),
+            );
+        }
+    }
+}
+
+/// A role used in a workspace exists and, when custom, belongs to the
+/// workspace's organization.
+fn check_role_use(
+    c: &mut Checker<'_>,
+    at: &EntityUid,
+    role: &EntityUid,
+    org: Option<&EntityUid>,
+    what: &str,
+) {
+    let Some(r) = c.entities.get(role) else {
+        c.error(at, format!("{at}: {what} {role} does not exist"));
+        return;
+    };
+    if let Some(role_org) = entity_attr(r, "org")
+        && Some(&role_org) != org
+    {
+        let place = org
+            .map(|o| format!("a workspace of {o}"))
+            .unwrap_or_else(|| "a personal workspace".into());
+        c.error(at, format!("R9: {at}: {what} {role} is a custom role of {role_org} and cannot be used in {place}"));
+    }
+}
+
+fn check_principal(
+    c: &mut Checker<'_>,
+    e: &Entity,
+    by_key: &HashMap<String, &Entity>,
+    org_of_admins: &HashMap<EntityUid, EntityUid>,
+) {
+    let uid = e.uid();
+    let ancestors: HashSet<EntityUid> = c
+        .entities
+        .ancestors(&uid)
+        .map(|a| a.cloned().collect())
+        .unwrap_or_default();
+    let is_service_account = ty(&uid) == "ServiceAccount";
+    for a in &ancestors {
+        match ty(a) {
+            "OrgAdmins" if is_service_account => c.error(
+                &uid,
+                format!("R5: service account {uid} is among the admins {a}; a service account is only ever a Member"),
+            ),
+            "OrgAdmins" => match org_of_admins.get(a) {
+                Some(org) if ancestors.contains(org) => {}
+                Some(org) => c.error(&uid, format!("R1: {uid} is an admin of {org} ({a}) but not a member of it; add {org} to its parents")),
+                None => c.error(&uid, format!("{uid}: admin group {a} belongs to no organization")),
+            },
+            "Organization" if !c.exists(a) => c.error(&uid, format!("{uid}: organization {a} does not exist")),
+            _ => {}
+        }
+    }
+    if is_service_account
+        && let Some(org) = entity_attr(e, "org")
+        && !ancestors.contains(&org)
+    {
+        c.error(&uid, format!("R5: service account {uid} names `org` {org} but is not a member of it; add {org} to its parents"));
+    }
+    for (key, value) in e.tags() {
+        let role = match value {
+            Ok(EvalResult::EntityUid(r)) => r,
+            _ => continue,
+        };
+        let Some(ws) = by_key.get(key) else {
+            c.error(
+                &uid,
+                format!(
+                    "R6: {uid} has a role in workspace key {key:?}, but no workspace has that key"
+                ),
+            );
+            continue;
+        };
+        let ws_uid = ws.uid();
+        let org = entity_attr(ws, "org");
+        match &org {
+            Some(org) if !ancestors.contains(org) => c.error(
+                &uid,
+                format!("R6: {uid} has role {role} in {ws_uid} but is not a member of its organization {org}; members and service accounts must belong to the organization first"),
+            ),
+            None if is_service_account => c.error(
+                &uid,
+                format!("R6: service account {uid} has role {role} in personal workspace {ws_uid}; only users can be collaborators"),
+            ),
+            _ => {}
+        }
+        check_role_use(c, &uid, &role, org.as_ref(), &format!("role in {ws_uid}"));
+    }
+}

@@ -1,0 +1,396 @@
+//! The engine: one request against one snapshot, decided exactly as
+//! `cedar-policy` decides it.
+//!
+//! Everything that answers a question about access (HTTP, CLI, matrices,
+//! forward-auth) goes through [`prepare`] and [`decide`], so answers never
+//! disagree. [`prepare`] turns a wire request ([`RequestInput`]) into a
+//! validated [`Query`]: names resolved in the schema, context typed by the
+//! action's context schema, request-scoped entities parsed and validated. Bad
+//! input is a [`RequestError`] naming the field. [`decide`] evaluates only the
+//! policies the action can match (see [`crate::index`]) against the loaded
+//! facts, or, when the request brings entities of its own, against a small
+//! slice of the facts: never a copy of the whole store.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::LazyLock;
+
+use cedar_policy::{
+    Authorizer, Context, Entities, Entity, EntityUid, EvalResult, Request, RequestValidationError,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::names::{EntityRef, NameError};
+use crate::snapshot::Snapshot;
+
+static AUTHORIZER: LazyLock<Authorizer> = LazyLock::new(Authorizer::new);
+
+/// A request as callers write it (cedar-agent's shape).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RequestInput {
+    pub principal: Option<EntityRef>,
+    pub action: Option<EntityRef>,
+    pub resource: Option<EntityRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<serde_json::Value>,
+    /// Replaces the loaded entities for this decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entities: Option<serde_json::Value>,
+    /// Added to the loaded entities for this decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additional_entities: Option<serde_json::Value>,
+}
+
+/// What a request was wrong about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct RequestError {
+    /// A stable code: `missing_field`, `invalid_reference`, `unknown_type`,
+    /// `unknown_action`, `invalid_context`, `invalid_entities`, `invalid_request`.
+    pub code: &'static str,
+    /// The request field at fault (`principal`, `context.ip`, ...).
+    pub field: String,
+    pub message: String,
+}
+
+impl RequestError {
+    pub fn new(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
+        RequestError {
+            code,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The facts a query is decided against.
+#[derive(Debug)]
+pub enum Facts {
+    /// The snapshot's entities.
+    Loaded,
+    /// The snapshot's entities plus these (which replace loaded entities with
+    /// the same uid).
+    Additional(Vec<Entity>),
+    /// Only these entities (and the schema's actions).
+    Replaced(Entities),
+}
+
+/// A validated request, ready to decide.
+#[derive(Debug)]
+pub struct Query {
+    pub request: Request,
+    pub principal: EntityUid,
+    pub action: EntityUid,
+    pub resource: EntityUid,
+    pub facts: Facts,
+}
+
+/// Allow or Deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Decision {
+    Allow,
+    Deny,
+}
+
+/// A decision with the policies that determined it and the errors met.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    pub decision: Decision,
+    /// Ids of the determining policies, sorted.
+    pub reasons: Vec<String>,
+    /// Evaluation errors, as Cedar words them, sorted.
+    pub errors: Vec<String>,
+}
+
+impl Outcome {
+    pub fn allowed(&self) -> bool {
+        self.decision == Decision::Allow
+    }
+
+    /// The decision for a request that could not be evaluated: fail closed.
+    pub fn deny_with_error(message: impl Into<String>) -> Self {
+        Outcome {
+            decision: Decision::Deny,
+            reasons: Vec::new(),
+            errors: vec![message.into()],
+        }
+    }
+}
+
+fn name_error(field: &str, e: NameError) -> RequestError {
+    let code = match e {
+        NameError::Malformed(_) => "invalid_reference",
+        NameError::UnknownType(_) | NameError::AmbiguousType { .. } => "unknown_type",
+        NameError::UnknownAction(_) | NameError::AmbiguousAction { .. } => "unknown_action",
+    };
+    RequestError::new(code, field, e.to_string())
+}
+
+fn required<'a>(field: &str, v: &'a Option<EntityRef>) -> Result<&'a EntityRef, RequestError> {
+    v.as_ref()
+        .ok_or_else(|| RequestError::new("missing_field", field, format!("`{field}` is required")))
+}
+
+/// Validate a wire request against the snapshot's schema.
+pub fn prepare(snap: &Snapshot, input: &RequestInput) -> Result<Query, RequestError> {
+    let principal = snap
+        .names
+        .resolve_entity(required("principal", &input.principal)?)
+        .map_err(|e| name_error("principal", e))?;
+    let action = snap
+        .names
+        .resolve_action(required("action", &input.action)?)
+        .map_err(|e| name_error("action", e))?;
+    let resource = snap
+        .names
+        .resolve_entity(required("resource", &input.resource)?)
+        .map_err(|e| name_error("resource", e))?;
+    let context_json = input
+        .context
+        .clone()
+        .unwrap_or_else(|| serde_json::json!({}));
+    let facts = match (&input.entities, &input.additional_entities) {
+        (Some(_), Some(_)) => {
+            return Err(RequestError::new(
+                "invalid_request",
+                "entities",
+                "give either `entities` (replacing the loaded facts) or `additional_entities`, not both",
+            ));
+        }
+        (Some(all), None) => Facts::Replaced(parse_replacement(snap, all)?),
+        (None, Some(extra)) => {
+            Facts::Additional(parse_entity_list(snap, extra, "additional_entities")?)
+        }
+        (None, None) => Facts::Loaded,
+    };
+    let query = build_query(snap, principal, action, resource, context_json)?;
+    Ok(Query { facts, ..query })
+}
+
+/// A query on the loaded facts from resolved parts (used by tools that
+/// already hold uids, such as matrices and search).
+pub fn build_query(
+    snap: &Snapshot,
+    principal: EntityUid,
+    action: EntityUid,
+    resource: EntityUid,
+    context: serde_json::Value,
+) -> Result<Query, RequestError> {
+    if !context.is_object() {
+        return Err(RequestError::new(
+            "invalid_context",
+            "context",
+            "`context` must be a JSON object",
+        ));
+    }
+    let context = Context::from_json_value(context, Some((&snap.schema, &action)))
+        .map_err(|e| RequestError::new("invalid_context", "context", crate::diag::one_line(&e)))?;
+    let request = Request::new(
+        principal.clone(),
+        action.clone(),
+        resource.clone(),
+        context,
+        Some(&snap.schema),
+    )
+    .map_err(request_validation_error)?;
+    Ok(Query {
+        request,
+        principal,
+        action,
+        resource,
+        facts: Facts::Loaded,
+    })
+}
+
+fn request_validation_error(e: RequestValidationError) -> RequestError {
+    let (code, field) =
+        match &e {
+            RequestValidationError::UndeclaredAction(_)
+            | RequestValidationError::ExternalAction(_) => ("unknown_action", "action"),
+            RequestValidationError::UndeclaredPrincipalType(_) => ("unknown_type", "principal"),
+            RequestValidationError::InvalidPrincipalType(_) => ("invalid_request", "principal"),
+            RequestValidationError::UndeclaredResourceType(_) => ("unknown_type", "resource"),
+            RequestValidationError::InvalidResourceType(_) => ("invalid_request", "resource"),
+            RequestValidationError::InvalidContext(_)
+            | RequestValidationError::TypeOfContext(_) => ("invalid_context", "context"),
+            _ => ("invalid_request", "request"),
+        };
+    RequestError::new(code, field, crate::diag::one_line(&e))
+}
+
+fn parse_entity_list(
+    snap: &Snapshot,
+    value: &serde_json::Value,
+    field: &str,
+) -> Result<Vec<Entity>, RequestError> {
+    let items = value.as_array().ok_or_else(|| {
+        RequestError::new(
+            "invalid_entities",
+            field,
+            format!("`{field}` must be a JSON array of entities"),
+        )
+    })?;
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let e = Entity::from_json_value(item.clone(), Some(&snap.schema)).map_err(|e| {
+            RequestError::new(
+                "invalid_entities",
+                format!("{field}[{i}]"),
+                crate::diag::one_line(&e),
+            )
+        })?;
+        if crate::snapshot::is_action(&e.uid()) {
+            continue;
+        }
+        if !seen.insert(e.uid()) {
+            return Err(RequestError::new(
+                "invalid_entities",
+                format!("{field}[{i}]"),
+                format!("duplicate entity {}", e.uid()),
+            ));
+        }
+        out.push(e);
+    }
+    Ok(out)
+}
+
+fn parse_replacement(snap: &Snapshot, value: &serde_json::Value) -> Result<Entities, RequestError> {
+    let list = parse_entity_list(snap, value, "entities")?;
+    let actions = snap
+        .schema
+        .action_entities()
+        .map_err(|e| RequestError::new("invalid_entities", "entities", e.to_string()))?;
+    Entities::from_entities(list.into_iter().chain(actions.iter().cloned()), None)
+        .map_err(|e| RequestError::new("invalid_entities", "entities", crate::diag::one_line(&e)))
+}
+
+/// Decide a prepared query.
+pub fn decide(snap: &Snapshot, q: &Query) -> Outcome {
+    let (policies, literals) = match snap.index.for_action(&q.action) {
+        Some(ap) => (&ap.policies, ap.literals.as_slice()),
+        None => (&snap.policies, snap.policy_literals.as_slice()),
+    };
+    let response = match &q.facts {
+        Facts::Loaded => AUTHORIZER.is_authorized(&q.request, policies, &snap.entities),
+        Facts::Replaced(entities) => AUTHORIZER.is_authorized(&q.request, policies, entities),
+        Facts::Additional(extra) => match slice(snap, q, literals, extra) {
+            Ok(entities) => AUTHORIZER.is_authorized(&q.request, policies, &entities),
+            Err(message) => return Outcome::deny_with_error(message),
+        },
+    };
+    outcome(&response)
+}
+
+/// A Cedar response as an [`Outcome`].
+pub fn outcome(response: &cedar_policy::Response) -> Outcome {
+    let mut reasons: Vec<String> = response
+        .diagnostics()
+        .reason()
+        .map(ToString::to_string)
+        .collect();
+    reasons.sort();
+    let mut errors: Vec<String> = response
+        .diagnostics()
+        .errors()
+        .map(ToString::to_string)
+        .collect();
+    errors.sort();
+    let decision = match response.decision() {
+        cedar_policy::Decision::Allow => Decision::Allow,
+        cedar_policy::Decision::Deny => Decision::Deny,
+    };
+    Outcome {
+        decision,
+        reasons,
+        errors,
+    }
+}
+
+/// The entities a query can reach: its principal, action and resource, the
+/// entities in its context and in the policies, the request's own entities,
+/// and, transitively, every entity their attributes, tags and parents name.
+/// Loaded entities keep their (already closed) ancestor sets.
+fn slice(
+    snap: &Snapshot,
+    q: &Query,
+    literals: &[EntityUid],
+    extra: &[Entity],
+) -> Result<Entities, String> {
+    let extra_by_uid: HashMap<EntityUid, &Entity> = extra.iter().map(|e| (e.uid(), e)).collect();
+    let mut queue: VecDeque<EntityUid> = VecDeque::new();
+    queue.extend([q.principal.clone(), q.action.clone(), q.resource.clone()]);
+    queue.extend(literals.iter().cloned());
+    queue.extend(extra_by_uid.keys().cloned());
+    if let Some(ctx) = q.request.context() {
+        for (key, _) in ctx.clone() {
+            if let Some(v) = ctx.get(&key) {
+                collect_uids(&v, &mut queue);
+            }
+        }
+    }
+    let mut seen: HashSet<EntityUid> = HashSet::new();
+    let mut out: Vec<Entity> = Vec::new();
+    while let Some(uid) = queue.pop_front() {
+        if !seen.insert(uid.clone()) {
+            continue;
+        }
+        let (entity, is_extra) = match extra_by_uid.get(&uid) {
+            Some(e) => (*e, true),
+            None => match snap.entities.get(&uid) {
+                Some(e) => (e, false),
+                None => continue,
+            },
+        };
+        for (_, v) in entity.attrs().chain(entity.tags()) {
+            if let Ok(v) = v {
+                collect_uids(&v, &mut queue);
+            }
+        }
+        if is_extra {
+            let (_, _, parents) = entity.clone().into_inner();
+            queue.extend(parents);
+        }
+        out.push(entity.clone());
+    }
+    let sliced = Entities::from_entities(out, None).map_err(|e| crate::diag::one_line(&e))?;
+    // A request entity that replaces a loaded one with other ancestors changes
+    // the ancestors of loaded entities below it, which the slice keeps as they
+    // were: decide against the whole store then (rare, and exact).
+    let reparented = extra_by_uid.keys().any(|uid| {
+        snap.entities.get(uid).is_some()
+            && ancestor_set(&snap.entities, uid) != ancestor_set(&sliced, uid)
+    });
+    if reparented {
+        return whole_store_with(snap, extra);
+    }
+    Ok(sliced)
+}
+
+fn ancestor_set(entities: &Entities, uid: &EntityUid) -> HashSet<EntityUid> {
+    entities
+        .ancestors(uid)
+        .map(|a| a.cloned().collect())
+        .unwrap_or_default()
+}
+
+/// The loaded entities with `extra` replacing or adding entities.
+pub fn whole_store_with(snap: &Snapshot, extra: &[Entity]) -> Result<Entities, String> {
+    let replaced: HashSet<EntityUid> = extra.iter().map(Entity::uid).collect();
+    let loaded = snap
+        .entities
+        .iter()
+        .filter(|e| !replaced.contains(&e.uid()))
+        .cloned();
+    Entities::from_entities(loaded.chain(extra.iter().cloned()), None)
+        .map_err(|e| crate::diag::one_line(&e))
+}
+
+fn collect_uids(v: &EvalResult, out: &mut VecDeque<EntityUid>) {
+    match v {
+        EvalResult::EntityUid(u) => out.push_back(u.clone()),
+        EvalResult::Set(s) => s.iter().for_each(|x| collect_uids(x, out)),
+        EvalResult::Record(r) => r.iter().for_each(|(_, x)| collect_uids(x, out)),
+        _ => {}
+    }
+}

@@ -1,0 +1,18 @@
+//! orgwarden: an authorization sidecar deciding with Cedar policies.
+//!
+//! Data flows one way: files -> [`load`] -> [`snapshot::Snapshot`] ->
+//! [`engine`] -> the callers ([`cli`], and the HTTP server). Each module owns
+//! one thing and says so in its first lines.
+
+pub mod cli;
+pub mod diag;
+pub mod domain;
+pub mod engine;
+pub mod index;
+pub mod load;
+pub mod names;
+pub mod snapshot;
+
+pub use engine::{Decision, Outcome, Query, RequestError, RequestInput, decide, prepare};
+pub use load::{Paths, load};
+pub use snapshot::Snapshot;

@@ -1,0 +1,84 @@
+//! The snapshot: one immutable, validated set of schema, policies and
+//! entities, with the indexes the engine needs.
+//!
+//! A snapshot is built once by [`crate::load`] and then only read: requests
+//! share it behind an `Arc`, and a reload replaces it whole. It does no I/O.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use cedar_policy::{Entities, EntityUid, PolicyId, PolicySet, Schema};
+use serde::Serialize;
+
+use crate::diag::Diagnostic;
+use crate::index::PolicyIndex;
+use crate::names::Names;
+
+/// What a loaded file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    Policies,
+    Schema,
+    Entities,
+}
+
+/// A file that went into a snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub kind: FileKind,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// Where a policy came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyOrigin {
+    pub file: PathBuf,
+    /// Line of its `@id` annotation, or of the policy's start, when known.
+    pub line: Option<usize>,
+}
+
+/// One immutable, validated set of schema, policies and entities.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases by one with every snapshot a process builds.
+    pub generation: u64,
+    pub schema: Schema,
+    pub policies: PolicySet,
+    pub entities: Entities,
+    pub names: Names,
+    /// The policies a request can match, by action.
+    pub index: PolicyIndex,
+    /// Entity references written in the policies themselves: a request-scoped
+    /// slice of the entities always includes them.
+    pub policy_literals: Vec<EntityUid>,
+    pub origins: HashMap<PolicyId, PolicyOrigin>,
+    pub files: Vec<SourceFile>,
+    /// Warnings of the validator and loader (the snapshot has no errors).
+    pub warnings: Vec<Diagnostic>,
+    pub loaded_at: SystemTime,
+    pub load_duration: Duration,
+}
+
+impl Snapshot {
+    /// Number of non-action entities.
+    pub fn entity_count(&self) -> usize {
+        self.entities
+            .iter()
+            .filter(|e| !is_action(&e.uid()))
+            .count()
+    }
+
+    /// Number of static policies (templates are not counted).
+    pub fn policy_count(&self) -> usize {
+        self.policies.policies().count()
+    }
+}
+
+/// Is this the uid of an action?
+pub fn is_action(uid: &EntityUid) -> bool {
+    uid.type_name().basename() == "Action"
+}
