@@ -51,6 +51,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Decide one request and print the decision as JSON.
     Authorize(AuthorizeArgs),
+    /// Run the HTTP sidecar.
+    Serve(crate::server::ServeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +88,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check(args) => check(&args),
         Command::Authorize(args) => authorize(&args),
+        Command::Serve(args) => crate::server::run(args),
     }
 }
 

@@ -394,3 +394,38 @@ fn collect_uids(v: &EvalResult, out: &mut VecDeque<EntityUid>) {
         _ => {}
     }
 }
+
+/// The entity JSON of `uid` with `properties` merged over its loaded
+/// attributes (its parents and tags kept), or a new entity with only these
+/// attributes when none is loaded. For request-scoped facts such as
+/// AuthZEN's subject and resource properties.
+pub fn overlay_attributes(
+    snap: &Snapshot,
+    uid: &EntityUid,
+    properties: &serde_json::Map<String, serde_json::Value>,
+) -> Result<serde_json::Value, RequestError> {
+    let mut json = match snap.entities.get(uid) {
+        Some(e) => e.to_json_value().map_err(|e| {
+            RequestError::new("invalid_entities", "properties", crate::diag::one_line(&e))
+        })?,
+        None => serde_json::json!({
+            "uid": { "type": uid.type_name().to_string(), "id": uid.id().unescaped() },
+            "attrs": {},
+            "parents": [],
+        }),
+    };
+    let attrs = json
+        .get_mut("attrs")
+        .and_then(serde_json::Value::as_object_mut)
+        .ok_or_else(|| {
+            RequestError::new(
+                "invalid_entities",
+                "properties",
+                "entity has no attributes object",
+            )
+        })?;
+    for (k, v) in properties {
+        attrs.insert(k.clone(), v.clone());
+    }
+    Ok(json)
+}

@@ -1,7 +1,7 @@
 //! orgwarden: an authorization sidecar deciding with Cedar policies.
 //!
 //! Data flows one way: files -> [`load`] -> [`snapshot::Snapshot`] ->
-//! [`engine`] -> the callers ([`cli`], and the HTTP server). Each module owns
+//! [`engine`] -> the callers ([`cli`], [`http`] through [`pdp`]). Each module owns
 //! one thing and says so in its first lines.
 
 pub mod cli;
@@ -12,6 +12,13 @@ pub mod index;
 pub mod load;
 pub mod names;
 pub mod snapshot;
+
+pub mod decision_log;
+pub mod http;
+pub mod metrics;
+pub mod pdp;
+pub mod reload;
+pub mod server;
 
 pub use engine::{Decision, Outcome, Query, RequestError, RequestInput, decide, prepare};
 pub use load::{Paths, load};

@@ -111,6 +111,7 @@ pub fn build(
         .collect();
     policy_literals.sort_by_key(|u| u.to_string());
     policy_literals.dedup();
+    let entity_total = entities.iter().filter(|e| !is_action(&e.uid())).count();
     Ok(Snapshot {
         generation: GENERATION.fetch_add(1, Ordering::SeqCst) + 1,
         names: Names::new(&schema),
@@ -124,6 +125,7 @@ pub fn build(
         warnings: diags.0,
         loaded_at: SystemTime::now(),
         load_duration: started.elapsed(),
+        entity_total,
     })
 }
 

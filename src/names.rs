@@ -4,7 +4,8 @@
 //! A type written without its namespace (`User`) resolves to the one schema
 //! type with that basename (`Prefect::User`); an action may be written as its
 //! bare id (`see_flows`), as `Action::"see_flows"` or in full. Ambiguous and
-//! unknown names are errors, never guesses.
+//! unknown names are errors, never guesses. A basename that matches no type
+//! exactly may match one type ignoring ASCII case (`user` for AuthZEN clients).
 
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
@@ -105,6 +106,16 @@ impl Names {
                     });
                 }
                 _ => {}
+            }
+            // AuthZEN clients often write types in lower case (`user`).
+            let folded: Vec<&EntityTypeName> = self
+                .by_basename
+                .iter()
+                .filter(|(base, _)| base.eq_ignore_ascii_case(name))
+                .flat_map(|(_, types)| types)
+                .collect();
+            if let [only] = folded.as_slice() {
+                return Ok((*only).clone());
             }
         }
         Err(NameError::UnknownType(name.to_string()))

@@ -61,6 +61,8 @@ pub struct Snapshot {
     pub warnings: Vec<Diagnostic>,
     pub loaded_at: SystemTime,
     pub load_duration: Duration,
+    /// Number of non-action entities (counted once, at load).
+    pub entity_total: usize,
 }
 
 impl Snapshot {

@@ -1,0 +1,239 @@
+//! The OpenID AuthZEN Authorization API 1.0: evaluation, evaluations (batch
+//! with its three semantics) and the well-known metadata document.
+//!
+//! An AuthZEN request maps onto the same [`RequestInput`] as every other API:
+//! `subject` is the principal, `action.name` the action (resolved in the
+//! schema), `resource` the resource. The `properties` of the subject and the
+//! resource become attributes of that entity for this decision only, merged
+//! over its loaded attributes and typed by the schema.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::App;
+use super::error::{ApiError, JsonBody};
+use crate::engine::{RequestError, RequestInput};
+use crate::names::EntityRef;
+use crate::pdp::Decided;
+use crate::snapshot::Snapshot;
+
+/// A subject or resource.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Entity {
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub id: String,
+    #[serde(default)]
+    pub properties: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Action {
+    pub name: String,
+    #[serde(default)]
+    pub properties: Option<Map<String, Value>>,
+}
+
+/// One evaluation request; in a batch, every part is optional and falls back
+/// to the request's defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Evaluation {
+    pub subject: Option<Entity>,
+    pub action: Option<Action>,
+    pub resource: Option<Entity>,
+    pub context: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Semantic {
+    #[default]
+    ExecuteAll,
+    DenyOnFirstDeny,
+    PermitOnFirstPermit,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Options {
+    #[serde(default)]
+    pub evaluations_semantic: Semantic,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EvaluationsRequest {
+    #[serde(flatten)]
+    pub defaults: Evaluation,
+    #[serde(default)]
+    pub evaluations: Option<Vec<Evaluation>>,
+    #[serde(default)]
+    pub options: Option<Options>,
+}
+
+/// The evaluation with `defaults` filling what it leaves out.
+fn merged(item: &Evaluation, defaults: &Evaluation) -> Evaluation {
+    Evaluation {
+        subject: item.subject.clone().or_else(|| defaults.subject.clone()),
+        action: item.action.clone().or_else(|| defaults.action.clone()),
+        resource: item.resource.clone().or_else(|| defaults.resource.clone()),
+        context: item.context.clone().or_else(|| defaults.context.clone()),
+    }
+}
+
+/// Translate an AuthZEN evaluation into the engine's request.
+pub fn to_input(snap: &Snapshot, e: &Evaluation) -> Result<RequestInput, ApiError> {
+    let missing = |f: &str| ApiError::bad_request("missing_field", f, format!("`{f}` is required"));
+    let subject = e.subject.as_ref().ok_or_else(|| missing("subject"))?;
+    let action = e.action.as_ref().ok_or_else(|| missing("action"))?;
+    let resource = e.resource.as_ref().ok_or_else(|| missing("resource"))?;
+    if action.properties.as_ref().is_some_and(|p| !p.is_empty()) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "action.properties",
+            "Cedar actions have no attributes: pass request facts in `context`",
+        ));
+    }
+    let mut overlays = Vec::new();
+    for (field, entity) in [("subject", subject), ("resource", resource)] {
+        if let Some(props) = entity.properties.as_ref().filter(|p| !p.is_empty()) {
+            let reference = EntityRef::Object {
+                type_name: entity.type_name.clone(),
+                id: entity.id.clone(),
+            };
+            let uid = snap.names.resolve_entity(&reference).map_err(|e| {
+                ApiError::bad_request("unknown_type", format!("{field}.type"), e.to_string())
+            })?;
+            let at = |e: RequestError| {
+                ApiError::bad_request(e.code, format!("{field}.properties"), e.message)
+            };
+            let overlay = crate::engine::overlay_attributes(snap, &uid, props).map_err(at)?;
+            // Type the properties here, so that an error names this field.
+            cedar_policy::Entity::from_json_value(overlay.clone(), Some(&snap.schema)).map_err(
+                |e| {
+                    ApiError::bad_request(
+                        "invalid_entities",
+                        format!("{field}.properties"),
+                        crate::diag::one_line(&e),
+                    )
+                },
+            )?;
+            overlays.push(overlay);
+        }
+    }
+    Ok(RequestInput {
+        principal: Some(EntityRef::Object {
+            type_name: subject.type_name.clone(),
+            id: subject.id.clone(),
+        }),
+        action: Some(EntityRef::Text(action.name.clone())),
+        resource: Some(EntityRef::Object {
+            type_name: resource.type_name.clone(),
+            id: resource.id.clone(),
+        }),
+        context: e.context.clone().map(Value::Object),
+        entities: None,
+        additional_entities: (!overlays.is_empty()).then_some(Value::Array(overlays)),
+    })
+}
+
+/// Field names of the engine (`principal`) in AuthZEN's words (`subject`).
+fn authzen_field(e: ApiError) -> ApiError {
+    let field = e.field.as_deref().map(|f| {
+        if f == "principal" || f == "resource" {
+            format!("{}.type", if f == "principal" { "subject" } else { f })
+        } else if f == "action" {
+            "action.name".to_string()
+        } else if f.starts_with("additional_entities") {
+            "properties".to_string()
+        } else {
+            f.to_string()
+        }
+    });
+    ApiError { field, ..e }
+}
+
+pub fn response_body(d: &Decided) -> Value {
+    json!({
+        "decision": d.entry.outcome.allowed(),
+        "context": {
+            "decision_id": d.decision_id,
+            "reason_admin": { "policies": d.entry.outcome.reasons, "errors": d.entry.outcome.errors },
+        },
+    })
+}
+
+fn evaluate(app: &App, snap: &Snapshot, e: &Evaluation) -> Result<Value, ApiError> {
+    let input = to_input(snap, e)?;
+    app.check_bounds(&input)?;
+    let decided = app
+        .pdp
+        .authorize(snap, &input, "authzen")
+        .map_err(|e| authzen_field(e.into()))?;
+    Ok(response_body(&decided))
+}
+
+pub async fn evaluation(
+    State(app): State<Arc<App>>,
+    JsonBody(e): JsonBody<Evaluation>,
+) -> Result<Json<Value>, ApiError> {
+    let snap = app.pdp.live.snapshot();
+    evaluate(&app, &snap, &e).map(Json)
+}
+
+/// A batch: each evaluation inherits the top-level subject, action, resource
+/// and context it leaves out. An invalid evaluation answers `false` with the
+/// error in its context (as the specification says), without failing the
+/// others. Without `evaluations` it is a single evaluation.
+pub async fn evaluations(
+    State(app): State<Arc<App>>,
+    JsonBody(req): JsonBody<EvaluationsRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let snap = app.pdp.live.snapshot();
+    let items = match &req.evaluations {
+        Some(items) if !items.is_empty() => items,
+        _ => return evaluate(&app, &snap, &req.defaults).map(Json),
+    };
+    app.check_batch_len(items.len(), "evaluations")?;
+    let semantic = req
+        .options
+        .as_ref()
+        .map(|o| o.evaluations_semantic)
+        .unwrap_or_default();
+    let mut results = Vec::with_capacity(items.len());
+    for item in items {
+        let result = match evaluate(&app, &snap, &merged(item, &req.defaults)) {
+            Ok(v) => v,
+            Err(e) => {
+                json!({ "decision": false, "context": { "error": e.body()["error"].clone() } })
+            }
+        };
+        let decision = result["decision"].as_bool().unwrap_or(false);
+        results.push(result);
+        match semantic {
+            Semantic::DenyOnFirstDeny if !decision => break,
+            Semantic::PermitOnFirstPermit if decision => break,
+            _ => {}
+        }
+    }
+    Ok(Json(json!({ "evaluations": results })))
+}
+
+/// `GET /.well-known/authzen-configuration`.
+pub async fn configuration(State(app): State<Arc<App>>, headers: HeaderMap) -> Json<Value> {
+    let base = app.public_url.clone().unwrap_or_else(|| {
+        let host = headers
+            .get(axum::http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost");
+        format!("http://{host}")
+    });
+    Json(json!({
+        "policy_decision_point": base,
+        "access_evaluation_endpoint": format!("{base}/access/v1/evaluation"),
+        "access_evaluations_endpoint": format!("{base}/access/v1/evaluations"),
+    }))
+}

@@ -1,0 +1,93 @@
+//! Operations endpoints: liveness, readiness, metrics, status, reload.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::App;
+use super::error::ApiError;
+
+/// `GET /healthz`: the process is alive.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: 200 while a valid snapshot serves. When the last reload
+/// failed it still serves (the last good snapshot), and says it is stale.
+pub async fn readyz(State(app): State<Arc<App>>) -> Json<Value> {
+    let snap = app.pdp.live.snapshot();
+    let last_error = app.pdp.live.last_error();
+    Json(json!({
+        "status": "ready",
+        "generation": snap.generation,
+        "stale": last_error.is_some(),
+        "last_error": last_error.map(|e| e.summary),
+    }))
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let body = app.pdp.metrics.render(&app.pdp.live);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /v1/status`: what is served, from which files, and the last error.
+pub async fn status(State(app): State<Arc<App>>) -> Json<Value> {
+    let live = &app.pdp.live;
+    let snap = live.snapshot();
+    let (reloads, failures) = live.counts();
+    let paths = live.paths();
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "generation": snap.generation,
+        "started_at": crate::reload::rfc3339::format(live.started_at()),
+        "loaded_at": crate::reload::rfc3339::format(snap.loaded_at),
+        "load_duration_ms": snap.load_duration.as_secs_f64() * 1000.0,
+        "paths": { "policies": paths.policies, "schema": paths.schema, "entities": paths.entities },
+        "files": snap.files,
+        "counts": {
+            "policies": snap.policy_count(),
+            "templates": snap.policies.templates().count(),
+            "entities": snap.entity_count(),
+            "files": snap.files.len(),
+        },
+        "reloads": reloads,
+        "reload_failures": failures,
+        "last_error": live.last_error(),
+    }))
+}
+
+/// `POST /v1/reload`: reload now (admin token required). 200 with the new
+/// generation, or 422 with the diagnostics while the old snapshot serves.
+pub async fn reload(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    app.require_admin(&headers)?;
+    let live = app.pdp.live.clone();
+    let result = tokio::task::spawn_blocking(move || live.reload())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    match result {
+        Ok(snap) => Ok(Json(
+            json!({ "status": "reloaded", "generation": snap.generation }),
+        )),
+        Err(diags) => Err(ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "invalid_files",
+            message: diags.first_summary(),
+            field: None,
+        }),
+    }
+}

@@ -1,0 +1,157 @@
+//! Metrics: the counters, gauges and histograms the server exports at
+//! `/metrics` in Prometheus' text format.
+//!
+//! One [`Metrics`] per server, with its own registry (no global state), so
+//! that several servers in one process (tests) count separately. Gauges that
+//! describe the served snapshot are read from it at scrape time.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::reload::Live;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// The API that asked: `cedar`, `authzen`, `forward_auth`.
+    pub api: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub code: &'static str,
+}
+
+/// Every metric of the server.
+pub struct Metrics {
+    registry: Registry,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub decision_seconds: Histogram,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub in_flight: Gauge,
+    pub request_errors: Family<ErrorLabels, Counter>,
+    generation: Gauge,
+    entities: Gauge,
+    policies: Gauge,
+    reloads: Gauge,
+    reload_failures: Gauge,
+    stale: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("orgwarden");
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Decisions made, by outcome and API",
+            decisions.clone(),
+        );
+        // 1 µs .. ~1 s, by factors of 2.
+        let decision_seconds = Histogram::new((0..21).map(|i| 1e-6 * f64::powi(2.0, i)));
+        registry.register(
+            "decision_duration_seconds",
+            "Time to decide one request (parsing, cache and evaluation)",
+            decision_seconds.clone(),
+        );
+        let cache_hits = Counter::default();
+        registry.register(
+            "cache_hits",
+            "Decisions answered from the decision cache",
+            cache_hits.clone(),
+        );
+        let cache_misses = Counter::default();
+        registry.register(
+            "cache_misses",
+            "Cacheable decisions not found in the cache",
+            cache_misses.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "http_requests_in_flight",
+            "HTTP requests being served",
+            in_flight.clone(),
+        );
+        let request_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "request_errors",
+            "Requests rejected as invalid, by error code",
+            request_errors.clone(),
+        );
+        let generation = Gauge::default();
+        registry.register(
+            "snapshot_generation",
+            "Generation of the served snapshot",
+            generation.clone(),
+        );
+        let entities = Gauge::default();
+        registry.register(
+            "snapshot_entities",
+            "Entities in the served snapshot",
+            entities.clone(),
+        );
+        let policies = Gauge::default();
+        registry.register(
+            "snapshot_policies",
+            "Policies in the served snapshot",
+            policies.clone(),
+        );
+        let reloads = Gauge::default();
+        registry.register("reloads", "Successful reloads since start", reloads.clone());
+        let reload_failures = Gauge::default();
+        registry.register(
+            "reload_failures",
+            "Failed reloads since start",
+            reload_failures.clone(),
+        );
+        let stale = Gauge::default();
+        registry.register(
+            "snapshot_stale",
+            "1 when the last reload failed and an older snapshot is served",
+            stale.clone(),
+        );
+        Metrics {
+            registry,
+            decisions,
+            decision_seconds,
+            cache_hits,
+            cache_misses,
+            in_flight,
+            request_errors,
+            generation,
+            entities,
+            policies,
+            reloads,
+            reload_failures,
+            stale,
+        }
+    }
+
+    /// The metrics in Prometheus' text exposition format.
+    pub fn render(&self, live: &Live) -> String {
+        let snap = live.snapshot();
+        self.generation.set(snap.generation as i64);
+        self.entities.set(snap.entity_count() as i64);
+        self.policies.set(snap.policy_count() as i64);
+        let (ok, failed) = live.counts();
+        self.reloads.set(ok as i64);
+        self.reload_failures.set(failed as i64);
+        self.stale.set(i64::from(live.last_error().is_some()));
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

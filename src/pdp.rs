@@ -1,0 +1,157 @@
+//! The decision point: the engine plus what a server adds around it.
+//!
+//! [`Pdp::authorize`] is the one path every server API takes to a decision:
+//! the decision cache (keyed by snapshot generation, so a reload never serves
+//! an older generation's answer), [`crate::engine`], metrics, the decision
+//! log and a fresh decision id. It fails closed: an invalid request is an
+//! error for the caller to report, and nothing here can turn into an Allow.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use moka::sync::Cache;
+use uuid::Uuid;
+
+use crate::decision_log::{DecisionLog, DecisionRecord};
+use crate::engine::{self, Outcome, RequestError, RequestInput};
+use crate::metrics::{DecisionLabels, ErrorLabels, Metrics};
+use crate::reload::Live;
+use crate::snapshot::Snapshot;
+
+/// A decision as a server reports it.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    pub decision_id: Uuid,
+    pub generation: u64,
+    pub cached: bool,
+    pub entry: Arc<Entry>,
+}
+
+/// A decision with the resolved names it was made for.
+#[derive(Debug)]
+pub struct Entry {
+    pub outcome: Outcome,
+    pub principal: String,
+    pub action: String,
+    pub resource: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    generation: u64,
+    request: String,
+}
+
+/// The server's decision point.
+pub struct Pdp {
+    pub live: Arc<Live>,
+    pub metrics: Arc<Metrics>,
+    cache: Option<Cache<CacheKey, Arc<Entry>>>,
+    log: DecisionLog,
+}
+
+impl Pdp {
+    /// `cache_size` 0 turns the decision cache off.
+    pub fn new(live: Arc<Live>, metrics: Arc<Metrics>, cache_size: u64, log: DecisionLog) -> Self {
+        let cache = (cache_size > 0).then(|| Cache::new(cache_size));
+        Pdp {
+            live,
+            metrics,
+            cache,
+            log,
+        }
+    }
+
+    /// Decide `input` against `snap`, the snapshot the caller took for this
+    /// HTTP request (so that a batch is decided against one generation).
+    pub fn authorize(
+        &self,
+        snap: &Snapshot,
+        input: &RequestInput,
+        api: &'static str,
+    ) -> Result<Decided, RequestError> {
+        let started = Instant::now();
+        let key = self.cache_key(snap, input);
+        let cached = key.as_ref().and_then(|k| self.cache.as_ref()?.get(k));
+        let (entry, hit) = match cached {
+            Some(entry) => {
+                self.metrics.cache_hits.inc();
+                (entry, true)
+            }
+            None => {
+                if key.is_some() {
+                    self.metrics.cache_misses.inc();
+                }
+                let query = engine::prepare(snap, input).inspect_err(|e| {
+                    self.metrics
+                        .request_errors
+                        .get_or_create(&ErrorLabels { code: e.code })
+                        .inc();
+                })?;
+                let outcome = engine::decide(snap, &query);
+                let entry = Arc::new(Entry {
+                    outcome,
+                    principal: query.principal.to_string(),
+                    action: query.action.to_string(),
+                    resource: query.resource.to_string(),
+                });
+                if let (Some(cache), Some(key)) = (&self.cache, key) {
+                    cache.insert(key, entry.clone());
+                }
+                (entry, false)
+            }
+        };
+        let elapsed = started.elapsed();
+        let decision_id = Uuid::now_v7();
+        let allowed = entry.outcome.allowed();
+        self.metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                decision: if allowed { "allow" } else { "deny" },
+                api,
+            })
+            .inc();
+        self.metrics.decision_seconds.observe(elapsed.as_secs_f64());
+        if self.log.enabled() {
+            self.log.record(DecisionRecord {
+                decision_id: decision_id.to_string(),
+                timestamp: SystemTime::now(),
+                principal: entry.principal.clone(),
+                action: entry.action.clone(),
+                resource: entry.resource.clone(),
+                decision: entry.outcome.decision,
+                reasons: entry.outcome.reasons.clone(),
+                errors: entry.outcome.errors.clone(),
+                generation: snap.generation,
+                latency_us: elapsed.as_micros() as u64,
+                api,
+                cached: hit,
+            });
+        }
+        Ok(Decided {
+            decision_id,
+            generation: snap.generation,
+            cached: hit,
+            entry,
+        })
+    }
+
+    /// Requests that bring their own entities are never cached.
+    fn cache_key(&self, snap: &Snapshot, input: &RequestInput) -> Option<CacheKey> {
+        self.cache.as_ref()?;
+        if input.entities.is_some() || input.additional_entities.is_some() {
+            return None;
+        }
+        let request = serde_json::to_string(&(
+            &input.principal,
+            &input.action,
+            &input.resource,
+            &input.context,
+        ))
+        .ok()?;
+        Some(CacheKey {
+            generation: snap.generation,
+            request,
+        })
+    }
+}
