@@ -53,6 +53,8 @@ pub enum Command {
     Authorize(AuthorizeArgs),
     /// Run the HTTP sidecar.
     Serve(crate::server::ServeArgs),
+    /// Generate a large world of entities for benchmarks and scale tests.
+    Gen(GenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -89,6 +91,7 @@ pub fn main() -> ExitCode {
         Command::Check(args) => check(&args),
         Command::Authorize(args) => authorize(&args),
         Command::Serve(args) => crate::server::run(args),
+        Command::Gen(args) => generate(&args),
     }
 }
 
@@ -174,6 +177,55 @@ fn authorize(args: &AuthorizeArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// Directory to write the entity files into (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 10)]
+    pub orgs: usize,
+    #[arg(long, default_value_t = 10)]
+    pub workspaces_per_org: usize,
+    #[arg(long, default_value_t = 20)]
+    pub users_per_org: usize,
+    #[arg(long, default_value_t = 2)]
+    pub service_accounts_per_org: usize,
+    #[arg(long, default_value_t = 2)]
+    pub custom_roles_per_org: usize,
+    /// Explicit workspace memberships in all.
+    #[arg(long, default_value_t = 1000)]
+    pub memberships: usize,
+    /// Users with a personal workspace.
+    #[arg(long, default_value_t = 10)]
+    pub personal: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+fn generate(args: &GenArgs) -> ExitCode {
+    let spec = crate::world::WorldSpec {
+        orgs: args.orgs,
+        workspaces_per_org: args.workspaces_per_org,
+        users_per_org: args.users_per_org,
+        service_accounts_per_org: args.service_accounts_per_org,
+        custom_roles_per_org: args.custom_roles_per_org,
+        memberships: args.memberships,
+        personal: args.personal,
+        seed: args.seed,
+    };
+    match crate::world::write(&spec, &args.out) {
+        Ok(n) => {
+            println!("wrote {n} entity files under {}", args.out.display());
+            println!(
+                "serve them with: orgwarden serve --entities {}",
+                args.out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
     }
 }
 

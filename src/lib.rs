@@ -12,6 +12,7 @@ pub mod index;
 pub mod load;
 pub mod names;
 pub mod snapshot;
+pub mod world;
 
 pub mod decision_log;
 pub mod http;
