@@ -33,6 +33,10 @@ pub struct PathArgs {
     /// Entities: a JSON file (an array of entities) or a directory of them.
     #[arg(long, env = "ORGWARDEN_ENTITIES", default_value = "entities")]
     pub entities: PathBuf,
+    /// Forward-auth routes: a `.yaml` file or a directory of them [default:
+    /// `routes`, when that directory exists].
+    #[arg(long, env = "ORGWARDEN_ROUTES")]
+    pub routes: Option<PathBuf>,
 }
 
 impl PathArgs {
@@ -41,6 +45,10 @@ impl PathArgs {
             policies: self.policies.clone(),
             schema: self.schema.clone(),
             entities: self.entities.clone(),
+            routes: self
+                .routes
+                .clone()
+                .or_else(crate::gateway::routes::default_path),
         }
     }
 }
@@ -55,6 +63,65 @@ pub enum Command {
     Serve(crate::server::ServeArgs),
     /// Generate a large world of entities for benchmarks and scale tests.
     Gen(GenArgs),
+    /// Run allow/deny matrices and cases (YAML) against the policies.
+    Test(TestArgs),
+    /// Prove, for every request environment, that no policy errors and that
+    /// the model's properties hold for every entity store (SMT solver cvc5).
+    Verify(VerifyArgs),
+    /// The semantic difference between two policy sets, per request environment.
+    Diff(DiffArgs),
+    /// The effective scopes of a principal on a resource, and what grants each.
+    Explain(ExplainArgs),
+    /// The principals who may perform an action on a resource, and the policies.
+    Who(WhoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The principal, e.g. `User::"bob"`.
+    #[arg(long)]
+    pub principal: String,
+    /// The resource, e.g. `Workspace::"acme-prod"`.
+    #[arg(long)]
+    pub resource: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub paths: PathArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WhoArgs {
+    /// The action, e.g. `run_deployments`.
+    #[arg(long)]
+    pub action: String,
+    /// The resource, e.g. `Workspace::"acme-prod"`.
+    #[arg(long)]
+    pub resource: String,
+    /// Only principals of this type (default: every type the action applies to).
+    #[arg(long = "type")]
+    pub principal_type: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub paths: PathArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Test files, or directories searched recursively for `*.yaml`/`*.yml`.
+    #[arg(value_name = "PATHS", default_value = "tests/matrices")]
+    pub inputs: Vec<PathBuf>,
+    /// How to print the report.
+    #[arg(long, value_enum, default_value_t = crate::matrix::Format::Pretty)]
+    pub format: crate::matrix::Format,
+    /// Also list the policies that determined no decision and the actions no test exercises.
+    #[arg(long)]
+    pub coverage: bool,
+    #[command(flatten)]
+    pub paths: PathArgs,
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +159,11 @@ pub fn main() -> ExitCode {
         Command::Authorize(args) => authorize(&args),
         Command::Serve(args) => crate::server::run(args),
         Command::Gen(args) => generate(&args),
+        Command::Test(args) => test(&args),
+        Command::Verify(args) => verify(&args),
+        Command::Diff(args) => diff(&args),
+        Command::Explain(args) => explain(&args),
+        Command::Who(args) => who(&args),
     }
 }
 
@@ -102,9 +174,10 @@ fn check(args: &CheckArgs) -> ExitCode {
                 eprintln!("{w}\n");
             }
             println!(
-                "ok: {} policies, {} entities, {} files ({} warning(s))",
+                "ok: {} policies, {} entities, {} routes, {} files ({} warning(s))",
                 snap.policy_count(),
                 snap.entity_count(),
+                snap.routes.len(),
                 snap.files.len(),
                 snap.warnings.len()
             );
@@ -229,7 +302,155 @@ fn generate(args: &GenArgs) -> ExitCode {
     }
 }
 
+/// `orgwarden test`: exit 0 when every test passes, 1 when one fails, 2 when
+/// a file is invalid.
+fn test(args: &TestArgs) -> ExitCode {
+    let opts = crate::matrix::Options {
+        inputs: args.inputs.clone(),
+        world: args.paths.paths(),
+        format: args.format,
+        coverage: args.coverage,
+    };
+    let code = crate::matrix::execute(&opts, &mut std::io::stdout(), &mut std::io::stderr());
+    ExitCode::from(code)
+}
+
 fn fail(message: &str) -> ExitCode {
     eprintln!("error: {message}");
     ExitCode::from(1)
+}
+
+/// Solver settings shared by `verify` and `diff`.
+#[derive(Debug, Clone, Args)]
+pub struct SolverArgs {
+    /// Solver processes run in parallel (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Time limit of one solver query, in milliseconds (past it: `unknown`).
+    #[arg(long, default_value_t = crate::symbolic::DEFAULT_TIMEOUT_MS)]
+    pub timeout_ms: u64,
+    /// How to print the report.
+    #[arg(long, value_enum, default_value_t = crate::verify::Format::Text)]
+    pub format: crate::verify::Format,
+}
+
+impl SolverArgs {
+    fn pool(&self) -> crate::symbolic::Pool {
+        crate::symbolic::Pool {
+            workers: self
+                .workers
+                .unwrap_or_else(crate::symbolic::Pool::default_workers),
+            timeout_ms: self.timeout_ms,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The properties file (YAML); default `properties/properties.yaml`.
+    #[arg(long, env = "ORGWARDEN_PROPERTIES")]
+    pub properties: Option<PathBuf>,
+    #[command(flatten)]
+    pub solver: SolverArgs,
+    #[command(flatten)]
+    pub paths: PathArgs,
+}
+
+/// Exit code 0: everything proved; 1: a counterexample or an undecided
+/// check; 2: invalid input or no solver.
+fn verify(args: &VerifyArgs) -> ExitCode {
+    ExitCode::from(crate::verify::execute(
+        &args.paths.paths(),
+        args.properties.as_deref(),
+        args.solver.format,
+        &args.solver.pool(),
+    ))
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The old policies: a `.cedar` file or a directory of them.
+    pub old: PathBuf,
+    /// The new policies: a `.cedar` file or a directory of them.
+    pub new: PathBuf,
+    /// The schema both are validated and compared against.
+    #[arg(long, env = "ORGWARDEN_SCHEMA", default_value = "schema")]
+    pub schema: PathBuf,
+    #[command(flatten)]
+    pub solver: SolverArgs,
+}
+
+/// Exit code 0: equivalent; 1: changed; 2: error or undecided.
+fn diff(args: &DiffArgs) -> ExitCode {
+    ExitCode::from(crate::diff::execute(
+        &args.old,
+        &args.new,
+        &args.schema,
+        args.solver.format,
+        &args.solver.pool(),
+    ))
+}
+
+/// `orgwarden explain`: exit 0, or 1 on invalid files or names.
+fn explain(args: &ExplainArgs) -> ExitCode {
+    let snap = match load::load(&args.paths.paths()) {
+        Ok(s) => s,
+        Err(diags) => return fail(&diags.to_string()),
+    };
+    let resolve = |r: &str| snap.names.resolve_entity(&EntityRef::Text(r.to_string()));
+    let (principal, resource) = match (resolve(&args.principal), resolve(&args.resource)) {
+        (Ok(p), Ok(r)) => (p, r),
+        (Err(e), _) | (_, Err(e)) => return fail(&e.to_string()),
+    };
+    let context = serde_json::json!({});
+    match crate::search::explain::explain_report(&snap, &principal, &resource, &context, args.json)
+    {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+/// `orgwarden who`: exit 0, or 1 on invalid files or names.
+fn who(args: &WhoArgs) -> ExitCode {
+    let snap = match load::load(&args.paths.paths()) {
+        Ok(s) => s,
+        Err(diags) => return fail(&diags.to_string()),
+    };
+    let action = match snap
+        .names
+        .resolve_action(&EntityRef::Text(args.action.clone()))
+    {
+        Ok(a) => a,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let resource = match snap
+        .names
+        .resolve_entity(&EntityRef::Text(args.resource.clone()))
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let types = match &args.principal_type {
+        Some(t) => match snap.names.resolve_type(t) {
+            Ok(t) => vec![t],
+            Err(e) => return fail(&e.to_string()),
+        },
+        None => snap
+            .schema
+            .principals_for_action(&action)
+            .map(|i| i.cloned().collect())
+            .unwrap_or_default(),
+    };
+    let context = serde_json::json!({});
+    match crate::search::explain::who_report(&snap, &types, &action, &resource, &context, args.json)
+    {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e.to_string()),
+    }
 }

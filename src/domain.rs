@@ -12,6 +12,8 @@
 //!   a service account belongs to the organization it names.
 //! * R9: a custom role is used only in workspaces of its own organization.
 //! * R11: a workspace's handle is unique within its organization or account.
+//! * API keys: every `apiKeyDigests` entry is a SHA-256 digest (64 lowercase
+//!   hex digits), and no two principals hold the same one.
 //! * References: the workspaces (by `key`) and roles named by tags, default
 //!   roles, organizations and owners exist.
 
@@ -20,6 +22,7 @@ use std::collections::{HashMap, HashSet};
 use cedar_policy::{Entities, Entity, EntityUid, EvalResult, Schema};
 
 use crate::diag::Diagnostic;
+use crate::gateway::keys;
 use crate::load::{TextFile, locate_entity};
 
 const NS: &str = "Prefect";
@@ -173,7 +176,36 @@ pub fn check(
             _ => {}
         }
     }
+    check_api_keys(&mut c, &sorted);
     c.out
+}
+
+/// A key names exactly one principal: digests are well formed and unshared.
+/// A malformed entry is never echoed (it may be a key written in clear).
+fn check_api_keys(c: &mut Checker<'_>, sorted: &[&Entity]) {
+    let mut holder: HashMap<String, EntityUid> = HashMap::new();
+    for e in sorted {
+        let uid = e.uid();
+        if !matches!(ty(&uid), "User" | "ServiceAccount") {
+            continue;
+        }
+        for (i, digest) in keys::declared_digests(e).into_iter().enumerate() {
+            if keys::parse_digest(&digest).is_none() {
+                c.error(&uid, format!("{uid}: `{}` entry #{} is not a SHA-256 digest: store 64 lowercase hex digits (`printf %s KEY | sha256sum`), never the key itself", keys::DIGEST_ATTR, i + 1));
+                continue;
+            }
+            match holder.get(&digest) {
+                Some(other) if *other != uid => c.error(
+                    &uid,
+                    format!("{uid}: API key digest {}... is also held by {other}; a key names exactly one principal", &digest[..12]),
+                ),
+                Some(_) => {}
+                None => {
+                    holder.insert(digest, uid.clone());
+                }
+            }
+        }
+    }
 }
 
 fn check_workspace<'a>(

@@ -375,14 +375,16 @@ fn ancestor_set(entities: &Entities, uid: &EntityUid) -> HashSet<EntityUid> {
 }
 
 /// The loaded entities with `extra` replacing or adding entities.
+///
+/// Cedar's upsert, not a rebuild from the loaded entities: those carry their
+/// closed ancestor sets, and a transitive-closure pass only adds edges, so a
+/// replaced entity that lost a parent would leave its loaded descendants
+/// with ancestors they no longer have. The upsert strips those edges from
+/// the descendants and repairs the closure.
 pub fn whole_store_with(snap: &Snapshot, extra: &[Entity]) -> Result<Entities, String> {
-    let replaced: HashSet<EntityUid> = extra.iter().map(Entity::uid).collect();
-    let loaded = snap
-        .entities
-        .iter()
-        .filter(|e| !replaced.contains(&e.uid()))
-        .cloned();
-    Entities::from_entities(loaded.chain(extra.iter().cloned()), None)
+    snap.entities
+        .clone()
+        .upsert_entities(extra.iter().cloned(), None)
         .map_err(|e| crate::diag::one_line(&e))
 }
 

@@ -6,12 +6,18 @@
 
 pub mod cli;
 pub mod diag;
+pub mod diff;
 pub mod domain;
 pub mod engine;
+pub mod gateway;
 pub mod index;
 pub mod load;
+pub mod matrix;
 pub mod names;
+pub mod search;
 pub mod snapshot;
+pub mod symbolic;
+pub mod verify;
 pub mod world;
 
 pub mod decision_log;

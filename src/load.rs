@@ -5,7 +5,9 @@
 //! error names its file, validates the policies strictly against the schema
 //! and the entities against the schema, and runs the domain's load-time
 //! checks ([`crate::domain`]). It returns either a whole snapshot or every
-//! error it found: never a partial set.
+//! error it found: never a partial set. When a routes path is configured, the
+//! forward-auth routes ([`crate::gateway::routes`]) are compiled against the
+//! schema and are part of the snapshot too.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,16 +23,19 @@ use sha2::{Digest, Sha256};
 
 use crate::diag::{Diagnostic, Diagnostics, line_col};
 use crate::domain;
+use crate::gateway::{self, KeyIndex, Routes};
 use crate::index::PolicyIndex;
 use crate::names::Names;
 use crate::snapshot::{FileKind, PolicyOrigin, Snapshot, SourceFile, is_action};
 
-/// Where the three inputs live. Each is a file or a directory.
+/// Where the inputs live. Each is a file or a directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paths {
     pub policies: PathBuf,
     pub schema: PathBuf,
     pub entities: PathBuf,
+    /// Forward-auth routes (`*.yaml`, `*.yml`); none: no routes.
+    pub routes: Option<PathBuf>,
 }
 
 impl Default for Paths {
@@ -39,6 +44,7 @@ impl Default for Paths {
             policies: "policies".into(),
             schema: "schema".into(),
             entities: "entities".into(),
+            routes: None,
         }
     }
 }
@@ -55,25 +61,100 @@ pub struct TextFile {
 /// Load and validate everything under `paths` into a new snapshot.
 pub fn load(paths: &Paths) -> Result<Snapshot, Diagnostics> {
     let started = Instant::now();
-    let mut diags = Diagnostics::default();
-    let schema_files = read_files(&paths.schema, FileKind::Schema, &mut diags);
-    let policy_files = read_files(&paths.policies, FileKind::Policies, &mut diags);
-    let entity_files = read_files(&paths.entities, FileKind::Entities, &mut diags);
-    if diags.has_errors() {
-        return Err(diags);
+    let inputs = Inputs::read(paths)?;
+    let files = inputs.source_files();
+    inputs.build(files, started)
+}
+
+/// The texts of every input file, read once: the first half of [`load`].
+/// A reloader reads them, compares their digests with the served
+/// snapshot's, and builds only when something changed.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub schema: Vec<TextFile>,
+    pub policies: Vec<TextFile>,
+    pub entities: Vec<TextFile>,
+    pub routes: Vec<TextFile>,
+}
+
+impl Inputs {
+    /// Read the files under `paths` (each a file or a directory).
+    pub fn read(paths: &Paths) -> Result<Inputs, Diagnostics> {
+        let mut diags = Diagnostics::default();
+        let schema = read_files(&paths.schema, FileKind::Schema, &mut diags);
+        let policies = read_files(&paths.policies, FileKind::Policies, &mut diags);
+        let entities = read_files(&paths.entities, FileKind::Entities, &mut diags);
+        let routes = match &paths.routes {
+            Some(r) => read_files(r, FileKind::Routes, &mut diags),
+            None => Vec::new(),
+        };
+        if diags.has_errors() {
+            return Err(diags);
+        }
+        Ok(Inputs {
+            schema,
+            policies,
+            entities,
+            routes,
+        })
     }
-    let files: Vec<SourceFile> = [
-        (&schema_files, FileKind::Schema),
-        (&policy_files, FileKind::Policies),
-        (&entity_files, FileKind::Entities),
-    ]
-    .into_iter()
-    .flat_map(|(fs, kind)| fs.iter().map(move |f| source_file(f, kind)))
-    .collect();
-    let mut snapshot = build(&schema_files, &policy_files, &entity_files)?;
-    snapshot.files = files;
-    snapshot.load_duration = started.elapsed();
-    Ok(snapshot)
+
+    /// Every file with its kind, size and SHA-256, in load order.
+    pub fn source_files(&self) -> Vec<SourceFile> {
+        [
+            (&self.schema, FileKind::Schema),
+            (&self.policies, FileKind::Policies),
+            (&self.entities, FileKind::Entities),
+            (&self.routes, FileKind::Routes),
+        ]
+        .into_iter()
+        .flat_map(|(fs, kind)| fs.iter().map(move |f| source_file(f, kind)))
+        .collect()
+    }
+
+    /// Parse and validate into a snapshot listing `files` (from
+    /// [`Inputs::source_files`]), its load time counted from `started`.
+    pub fn build(&self, files: Vec<SourceFile>, started: Instant) -> Result<Snapshot, Diagnostics> {
+        self.assemble(files, started, None)
+    }
+
+    /// [`Inputs::build`] after `previous`: when the schema and entity files
+    /// are byte for byte those `previous` was built from (a change of
+    /// policies or routes only), its parsed and checked entities are reused
+    /// instead of parsed again, which is most of a large world's load time.
+    pub fn build_after(
+        &self,
+        files: Vec<SourceFile>,
+        started: Instant,
+        previous: &Snapshot,
+    ) -> Result<Snapshot, Diagnostics> {
+        let facts = |fs: &[SourceFile]| -> Vec<(PathBuf, FileKind, String)> {
+            fs.iter()
+                .filter(|f| matches!(f.kind, FileKind::Schema | FileKind::Entities))
+                .map(|f| (f.path.clone(), f.kind, f.sha256.clone()))
+                .collect()
+        };
+        let same_facts = facts(&files) == facts(&previous.files);
+        self.assemble(files, started, same_facts.then_some(previous))
+    }
+
+    fn assemble(
+        &self,
+        files: Vec<SourceFile>,
+        started: Instant,
+        reuse: Option<&Snapshot>,
+    ) -> Result<Snapshot, Diagnostics> {
+        let mut snapshot = build_reusing(&self.schema, &self.policies, &self.entities, reuse)?;
+        snapshot.routes = gateway::routes::compile(&snapshot.names, &snapshot.schema, &self.routes)
+            .map_err(|errors| {
+                let mut d = Diagnostics::default();
+                errors.into_iter().for_each(|e| d.push(e));
+                d
+            })?;
+        snapshot.files = files;
+        snapshot.load_duration = started.elapsed();
+        Ok(snapshot)
+    }
 }
 
 /// Build a snapshot from texts already in memory (the loader's core, also
@@ -83,18 +164,44 @@ pub fn build(
     policy_files: &[TextFile],
     entity_files: &[TextFile],
 ) -> Result<Snapshot, Diagnostics> {
+    build_reusing(schema_files, policy_files, entity_files, None)
+}
+
+/// [`build`], taking the entities (and their warnings) of `reuse`, a
+/// snapshot built from the same schema and entity files, instead of
+/// parsing and checking `entity_files` again.
+fn build_reusing(
+    schema_files: &[TextFile],
+    policy_files: &[TextFile],
+    entity_files: &[TextFile],
+    reuse: Option<&Snapshot>,
+) -> Result<Snapshot, Diagnostics> {
     let started = Instant::now();
     let mut diags = Diagnostics::default();
     let schema = parse_schema(schema_files, &mut diags).ok_or_else(|| diags.clone())?;
     let (policies, origins) = parse_policies(&schema, policy_files, &mut diags);
-    let entities = parse_entities(&schema, entity_files, &mut diags);
+    let entities = match reuse {
+        Some(previous) => Some((previous.entities.clone(), None)),
+        None => parse_entities(&schema, entity_files, &mut diags).map(|(e, by)| (e, Some(by))),
+    };
     let (Some(policies), Some((entities, entity_files_by_uid))) = (policies, entities) else {
         return Err(diags);
     };
-    if domain::applies(&schema) {
-        for d in domain::check(&entities, &entity_files_by_uid, entity_files) {
-            diags.push(d);
+    if let Some(by_uid) = entity_files_by_uid {
+        if domain::applies(&schema) {
+            for d in domain::check(&entities, &by_uid, entity_files) {
+                diags.push(d);
+            }
         }
+    } else if let Some(previous) = reuse {
+        // The previous snapshot's warnings about its entities still hold.
+        let from_policies = |d: &&Diagnostic| {
+            previous.files.iter().any(|f| {
+                f.kind == FileKind::Policies && d.file.as_deref() == Some(f.path.as_path())
+            })
+        };
+        let kept = previous.warnings.iter().filter(|d| !from_policies(d));
+        diags.0.extend(kept.cloned());
     }
     if diags.has_errors() {
         return Err(diags);
@@ -112,6 +219,8 @@ pub fn build(
     policy_literals.sort_by_key(|u| u.to_string());
     policy_literals.dedup();
     let entity_total = entities.iter().filter(|e| !is_action(&e.uid())).count();
+    let keys = KeyIndex::build(&entities);
+    let search = crate::search::SearchIndex::build(&policies, &entities);
     Ok(Snapshot {
         generation: GENERATION.fetch_add(1, Ordering::SeqCst) + 1,
         names: Names::new(&schema),
@@ -126,6 +235,9 @@ pub fn build(
         loaded_at: SystemTime::now(),
         load_duration: started.elapsed(),
         entity_total,
+        routes: Routes::default(),
+        keys,
+        search,
     })
 }
 
@@ -148,6 +260,7 @@ pub fn has_extension(path: &Path, kind: FileKind) -> bool {
         FileKind::Policies => name.ends_with(".cedar"),
         FileKind::Schema => name.ends_with(".cedarschema") || name.ends_with(".cedarschema.json"),
         FileKind::Entities => name.ends_with(".json"),
+        FileKind::Routes => name.ends_with(".yaml") || name.ends_with(".yml"),
     }
 }
 

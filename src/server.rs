@@ -3,21 +3,24 @@
 //! Loads the files (refusing to start on invalid ones, with the same
 //! diagnostics as `orgwarden check`), starts the decision log, binds the
 //! listener and serves until SIGTERM or SIGINT, then drains requests in
-//! flight. SIGHUP reloads the files.
+//! flight. Changes to the files reload them (see [`crate::reload`]); so do
+//! SIGHUP and `POST /v1/reload`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::HeaderName;
 use clap::{Args, ValueEnum};
 
 use crate::cli::PathArgs;
 use crate::decision_log::{DecisionLog, LogTarget};
+use crate::gateway::{ForwardAuthConfig, Unmatched};
 use crate::http::{self, App, HttpConfig};
 use crate::metrics::Metrics;
 use crate::pdp::Pdp;
-use crate::reload::Live;
+use crate::reload::{Live, WatchConfig};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
@@ -59,9 +62,28 @@ pub struct ServeArgs {
     /// Base URL advertised by `/.well-known/authzen-configuration`.
     #[arg(long, env = "ORGWARDEN_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// What `/v1/forward-auth` answers for a request that no route matches.
+    #[arg(
+        long,
+        env = "ORGWARDEN_FORWARD_AUTH_UNMATCHED",
+        value_enum,
+        default_value = "deny"
+    )]
+    pub forward_auth_unmatched: Unmatched,
+    /// Header, set by a trusted authenticator in front, that names the
+    /// principal of `/v1/forward-auth` requests (`User::"alice"`); when
+    /// unset, no such header is read.
+    #[arg(long, env = "ORGWARDEN_TRUSTED_PRINCIPAL_HEADER")]
+    pub trusted_principal_header: Option<HeaderName>,
     /// Format of the server's own log on stderr (filter with RUST_LOG).
     #[arg(long, env = "ORGWARDEN_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Quiet time after a file change before reloading, in milliseconds.
+    #[arg(long, env = "ORGWARDEN_RELOAD_DEBOUNCE_MS", default_value_t = 100)]
+    pub reload_debounce_ms: u64,
+    /// Do not watch the files; reload only on SIGHUP or `POST /v1/reload`.
+    #[arg(long, env = "ORGWARDEN_NO_WATCH")]
+    pub no_watch: bool,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -105,6 +127,25 @@ pub fn run(args: ServeArgs) -> ExitCode {
         request_timeout: Duration::from_millis(args.request_timeout_ms),
         admin_token: args.admin_token.clone(),
         public_url: args.public_url.clone(),
+        forward_auth: ForwardAuthConfig {
+            unmatched: args.forward_auth_unmatched,
+            trusted_principal_header: args.trusted_principal_header.clone(),
+        },
+    };
+    // Reload when the files change, for as long as this function runs.
+    let _watch = if args.no_watch {
+        None
+    } else {
+        let config = WatchConfig {
+            debounce: Duration::from_millis(args.reload_debounce_ms),
+        };
+        live.watch(config)
+            .inspect_err(|e| {
+                tracing::warn!(
+                    "not watching the files ({e}): reload with SIGHUP or POST /v1/reload"
+                )
+            })
+            .ok()
     };
     let pdp = Pdp::new(live.clone(), Arc::new(Metrics::new()), args.cache_size, log);
     let app = Arc::new(App::new(pdp, config));

@@ -22,6 +22,8 @@ pub enum FileKind {
     Policies,
     Schema,
     Entities,
+    /// Forward-auth routes ([`crate::gateway::routes`]).
+    Routes,
 }
 
 /// A file that went into a snapshot.
@@ -63,6 +65,12 @@ pub struct Snapshot {
     pub load_duration: Duration,
     /// Number of non-action entities (counted once, at load).
     pub entity_total: usize,
+    /// The forward-auth routes; empty when no routes path is configured.
+    pub routes: crate::gateway::Routes,
+    /// API key digest -> principal, for bearer keys.
+    pub keys: crate::gateway::KeyIndex,
+    /// Relations of the facts and plans of the permit policies, for search.
+    pub search: crate::search::SearchIndex,
 }
 
 impl Snapshot {

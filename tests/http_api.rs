@@ -703,6 +703,7 @@ async fn evaluation_errors_deny_and_are_reported() {
         policies: p.join("p.cedar"),
         schema: p.join("s.cedarschema"),
         entities: p.join("e.json"),
+        routes: None,
     };
     let s = TestServer::start(paths, HttpConfig::default(), 0, DecisionLog::off()).await;
     let mut r = req(r#"U::"u""#, "go", r#"R::"r""#);

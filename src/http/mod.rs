@@ -9,6 +9,7 @@ pub mod authzen;
 pub mod cedar;
 pub mod error;
 pub mod ops;
+pub mod search;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,11 +20,12 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use sha2::{Digest, Sha256};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::engine::RequestInput;
+use crate::gateway::forward_auth;
 use crate::pdp::Pdp;
 use error::ApiError;
 
@@ -39,6 +41,8 @@ pub struct HttpConfig {
     pub admin_token: Option<String>,
     /// Base URL advertised in the AuthZEN metadata (default: from `Host`).
     pub public_url: Option<String>,
+    /// Options of `/v1/forward-auth`.
+    pub forward_auth: crate::gateway::ForwardAuthConfig,
 }
 
 impl Default for HttpConfig {
@@ -50,6 +54,7 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(5),
             admin_token: None,
             public_url: None,
+            forward_auth: crate::gateway::ForwardAuthConfig::default(),
         }
     }
 }
@@ -162,6 +167,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/is_authorized/batch", post(cedar::is_authorized_batch))
         .route("/access/v1/evaluation", post(authzen::evaluation))
         .route("/access/v1/evaluations", post(authzen::evaluations))
+        .route("/access/v1/search/subject", post(search::subject))
+        .route("/access/v1/search/resource", post(search::resource))
+        .route("/access/v1/search/action", post(search::action))
+        .route("/v1/principals/{uid}/workspaces", get(search::workspaces))
         .route(
             "/.well-known/authzen-configuration",
             get(authzen::configuration),
@@ -171,6 +180,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/v1/status", get(ops::status))
         .route("/v1/reload", post(ops::reload))
+        .route(forward_auth::PATH, any(forward_auth::forward_auth))
+        .route("/v1/forward-auth/", any(forward_auth::forward_auth))
+        .route("/v1/forward-auth/{*path}", any(forward_auth::forward_auth))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(app.clone(), count_in_flight))

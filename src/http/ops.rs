@@ -54,17 +54,21 @@ pub async fn status(State(app): State<Arc<App>>) -> Json<Value> {
         "started_at": crate::reload::rfc3339::format(live.started_at()),
         "loaded_at": crate::reload::rfc3339::format(snap.loaded_at),
         "load_duration_ms": snap.load_duration.as_secs_f64() * 1000.0,
-        "paths": { "policies": paths.policies, "schema": paths.schema, "entities": paths.entities },
+        "paths": { "policies": paths.policies, "schema": paths.schema, "entities": paths.entities, "routes": paths.routes },
         "files": snap.files,
         "counts": {
             "policies": snap.policy_count(),
             "templates": snap.policies.templates().count(),
             "entities": snap.entity_count(),
             "files": snap.files.len(),
+            "routes": snap.routes.len(),
+            "api_keys": snap.keys.len(),
         },
         "reloads": reloads,
         "reload_failures": failures,
         "last_error": live.last_error(),
+        // null when the files are not watched (`--no-watch`, or no watcher could start).
+        "watch": live.watching().map(|w| json!({ "debounce_ms": w.debounce.as_millis() as u64 })),
     }))
 }
 

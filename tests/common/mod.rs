@@ -24,6 +24,7 @@ pub fn shipped() -> Paths {
         policies: r.join("policies"),
         schema: r.join("schema"),
         entities: r.join("entities"),
+        routes: None,
     }
 }
 
@@ -38,6 +39,7 @@ pub fn copy_of_shipped() -> (tempfile::TempDir, Paths) {
         policies: p.join("policies"),
         schema: p.join("schema"),
         entities: p.join("entities"),
+        routes: None,
     };
     (dir, paths)
 }

@@ -1,0 +1,382 @@
+//! Search over HTTP: the AuthZEN 1.0 search endpoints and the workspace
+//! switcher's view. Thin: parse, resolve names, run [`crate::search`] on the
+//! blocking pool (a search decides many pairs), shape the answer.
+//!
+//! * `POST /access/v1/search/subject`: `{subject: {type}, action: {name},
+//!   resource: {type, id}, context?, page?: {token?, limit?}}`
+//! * `POST /access/v1/search/resource`: `{subject: {type, id}, action,
+//!   resource: {type}, context?, page?}`
+//! * `POST /access/v1/search/action`: `{subject, resource, context?, page?}`
+//!
+//! Each answers `{results: [...], page: {next_token, count}, context:
+//! {generation, strategy, reason_admin: {policies: {<id or action>:
+//! [...]}}}}`; `next_token` is `""` on the last page. A page token from an
+//! older snapshot generation is a 400 `invalid_page_token`.
+//!
+//! * `GET /v1/principals/{uid}/workspaces?limit=&token=`: the workspaces the
+//!   principal can open (any workspace action allowed), each with its kind
+//!   (`personal`, `shared` by someone else, `organization`), its effective
+//!   scopes, and why (the facts and the policies that grant each scope).
+//!   `{uid}` is `User::"carol"` (URL-encoded) or `User:carol`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use cedar_policy::{EntityId, EntityTypeName, EntityUid};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::App;
+use super::error::{ApiError, JsonBody};
+use crate::names::EntityRef;
+use crate::search::{self, Hit, Page, PageRequest, explain};
+use crate::snapshot::Snapshot;
+
+/// A subject or resource; `id` is absent on the searched side.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SearchEntity {
+    #[serde(rename = "type")]
+    pub type_name: String,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub properties: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SearchAction {
+    pub name: String,
+    #[serde(default)]
+    pub properties: Option<Map<String, Value>>,
+}
+
+/// `page` of a search request (`next_token` is accepted for `token`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PageIn {
+    #[serde(default, alias = "next_token")]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// A subject or resource search.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EntitySearch {
+    pub subject: SearchEntity,
+    pub action: SearchAction,
+    pub resource: SearchEntity,
+    #[serde(default)]
+    pub context: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub page: Option<PageIn>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ActionSearch {
+    pub subject: SearchEntity,
+    pub resource: SearchEntity,
+    #[serde(default)]
+    pub context: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub page: Option<PageIn>,
+}
+
+fn no_properties(field: &str, props: &Option<Map<String, Value>>) -> Result<(), ApiError> {
+    if props.as_ref().is_some_and(|p| !p.is_empty()) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("{field}.properties"),
+            "search decides on the loaded facts: request-scoped properties are not supported here",
+        ));
+    }
+    Ok(())
+}
+
+fn resolve_type(snap: &Snapshot, field: &str, name: &str) -> Result<EntityTypeName, ApiError> {
+    snap.names
+        .resolve_type(name)
+        .map_err(|e| ApiError::bad_request("unknown_type", format!("{field}.type"), e.to_string()))
+}
+
+fn resolve_entity(snap: &Snapshot, field: &str, e: &SearchEntity) -> Result<EntityUid, ApiError> {
+    no_properties(field, &e.properties)?;
+    let ty = resolve_type(snap, field, &e.type_name)?;
+    let id = e.id.as_ref().ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_field",
+            format!("{field}.id"),
+            format!("`{field}.id` is required"),
+        )
+    })?;
+    Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
+}
+
+fn resolve_action(snap: &Snapshot, a: &SearchAction) -> Result<EntityUid, ApiError> {
+    no_properties("action", &a.properties)?;
+    snap.names
+        .resolve_action(&EntityRef::Text(a.name.clone()))
+        .map_err(|e| ApiError::bad_request("unknown_action", "action.name", e.to_string()))
+}
+
+fn page_request(page: &Option<PageIn>) -> PageRequest {
+    let page = page.clone().unwrap_or_default();
+    PageRequest {
+        token: page.token,
+        limit: page.limit,
+    }
+}
+
+fn context_value(c: &Option<Map<String, Value>>) -> Value {
+    Value::Object(c.clone().unwrap_or_default())
+}
+
+/// Run `f` on the blocking pool with the live snapshot.
+async fn blocking<T: Send + 'static>(
+    app: &App,
+    f: impl FnOnce(&Snapshot) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let snap: Arc<Snapshot> = app.pdp.live.snapshot();
+    tokio::task::spawn_blocking(move || f(&snap))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+}
+
+fn page_json<T>(page: &Page<T>) -> Value {
+    json!({
+        "next_token": page.next_token.clone().unwrap_or_default(),
+        "count": page.items.len(),
+    })
+}
+
+fn hits_body(type_name: &str, page: &Page<Hit>) -> Value {
+    let results: Vec<Value> = page
+        .items
+        .iter()
+        .map(|h| json!({ "type": type_name, "id": h.uid.id().unescaped() }))
+        .collect();
+    let policies: Map<String, Value> = page
+        .items
+        .iter()
+        .map(|h| (h.uid.id().unescaped().to_string(), json!(h.policies)))
+        .collect();
+    json!({
+        "results": results,
+        "page": page_json(page),
+        "context": {
+            "generation": page.generation,
+            "strategy": page.strategy,
+            "reason_admin": { "policies": policies },
+        },
+    })
+}
+
+/// `POST /access/v1/search/subject`.
+pub async fn subject(
+    State(app): State<Arc<App>>,
+    JsonBody(req): JsonBody<EntitySearch>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(&app, move |snap| {
+        no_properties("subject", &req.subject.properties)?;
+        let ty = resolve_type(snap, "subject", &req.subject.type_name)?;
+        let action = resolve_action(snap, &req.action)?;
+        let resource = resolve_entity(snap, "resource", &req.resource)?;
+        let page = search::subjects(
+            snap,
+            &ty,
+            &action,
+            &resource,
+            &context_value(&req.context),
+            &page_request(&req.page),
+        )?;
+        Ok(Json(hits_body(&req.subject.type_name, &page)))
+    })
+    .await
+}
+
+/// `POST /access/v1/search/resource`.
+pub async fn resource(
+    State(app): State<Arc<App>>,
+    JsonBody(req): JsonBody<EntitySearch>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(&app, move |snap| {
+        let subject = resolve_entity(snap, "subject", &req.subject)?;
+        let action = resolve_action(snap, &req.action)?;
+        no_properties("resource", &req.resource.properties)?;
+        let ty = resolve_type(snap, "resource", &req.resource.type_name)?;
+        let page = search::resources(
+            snap,
+            &subject,
+            &action,
+            &ty,
+            &context_value(&req.context),
+            &page_request(&req.page),
+        )?;
+        Ok(Json(hits_body(&req.resource.type_name, &page)))
+    })
+    .await
+}
+
+/// `POST /access/v1/search/action`.
+pub async fn action(
+    State(app): State<Arc<App>>,
+    JsonBody(req): JsonBody<ActionSearch>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(&app, move |snap| {
+        let subject = resolve_entity(snap, "subject", &req.subject)?;
+        let resource = resolve_entity(snap, "resource", &req.resource)?;
+        let page = search::actions(
+            snap,
+            &subject,
+            &resource,
+            &context_value(&req.context),
+            &page_request(&req.page),
+        )?;
+        let results: Vec<Value> = page
+            .items
+            .iter()
+            .map(|g| json!({ "name": g.action.id().unescaped() }))
+            .collect();
+        let policies: Map<String, Value> = page
+            .items
+            .iter()
+            .map(|g| (g.action.id().unescaped().to_string(), json!(g.policies)))
+            .collect();
+        Ok(Json(json!({
+            "results": results,
+            "page": page_json(&page),
+            "context": {
+                "generation": page.generation,
+                "reason_admin": { "policies": policies },
+            },
+        })))
+    })
+    .await
+}
+
+/// Query of the workspaces view.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct WorkspacesQuery {
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// A principal in a URL: `Type::"id"`, or `Type:id` where the type is
+/// everything before the first single `:`.
+fn principal_from_path(snap: &Snapshot, text: &str) -> Result<EntityUid, ApiError> {
+    let reference = if text.contains("::\"") {
+        EntityRef::Text(text.to_string())
+    } else {
+        let bytes = text.as_bytes();
+        let at = (0..bytes.len()).find(|&i| {
+            bytes[i] == b':' && bytes.get(i + 1) != Some(&b':') && (i == 0 || bytes[i - 1] != b':')
+        });
+        match at {
+            Some(i) if i > 0 => EntityRef::Object {
+                type_name: text[..i].to_string(),
+                id: text[i + 1..].to_string(),
+            },
+            _ => EntityRef::Text(text.to_string()),
+        }
+    };
+    snap.names
+        .resolve_entity(&reference)
+        .map_err(|e| ApiError::bad_request("invalid_reference", "uid", e.to_string()))
+}
+
+/// `GET /v1/principals/{uid}/workspaces`.
+pub async fn workspaces(
+    State(app): State<Arc<App>>,
+    Path(uid): Path<String>,
+    Query(q): Query<WorkspacesQuery>,
+) -> Result<Json<Value>, ApiError> {
+    blocking(&app, move |snap| {
+        let principal = principal_from_path(snap, &uid)?;
+        let ty = snap.names.resolve_type("Workspace").map_err(|_| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "the schema has no `Workspace` entity type",
+            )
+        })?;
+        let page = search::accessible(
+            snap,
+            &principal,
+            &ty,
+            &json!({}),
+            &PageRequest {
+                token: q.token,
+                limit: q.limit,
+            },
+        )
+        .map_err(|e| {
+            let e = ApiError::from(e);
+            // Tokens arrive in the query here, not in a `page` object.
+            let field = e.field.as_deref().map(|f| f.trim_start_matches("page.").to_string());
+            ApiError { field, ..e }
+        })?;
+        let workspaces: Vec<Value> = page
+            .items
+            .iter()
+            .map(|access| workspace_json(snap, &principal, access))
+            .collect();
+        Ok(Json(json!({
+            "principal": { "type": principal.type_name().to_string(), "id": principal.id().unescaped() },
+            "generation": page.generation,
+            "strategy": page.strategy,
+            "workspaces": workspaces,
+            "page": page_json(&page),
+        })))
+    })
+    .await
+}
+
+fn workspace_json(snap: &Snapshot, principal: &EntityUid, access: &search::Access) -> Value {
+    let mut body = json!({ "id": access.resource.id().unescaped() });
+    if let Some(info) = explain::workspace_info(snap, principal, &access.resource)
+        && let (Value::Object(b), Ok(Value::Object(i))) = (&mut body, serde_json::to_value(info))
+    {
+        b.extend(i);
+    }
+    let scopes: Vec<String> = access
+        .grants
+        .iter()
+        .map(|g| g.action.id().unescaped().to_string())
+        .collect();
+    // Group the scopes by the fact (or, without one, the policy) granting them.
+    let mut why: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+    for g in &access.grants {
+        let scope = g.action.id().unescaped().to_string();
+        for because in explain::explain(snap, principal, &g.action, &access.resource, &g.policies) {
+            let facts = if because.facts.is_empty() {
+                vec![format!("policy `{}`", because.policy)]
+            } else {
+                because.facts
+            };
+            for fact in facts {
+                let entry = match why.iter().position(|(f, _, _)| *f == fact) {
+                    Some(i) => &mut why[i],
+                    None => {
+                        why.push((fact, Vec::new(), Vec::new()));
+                        why.last_mut().expect("just pushed")
+                    }
+                };
+                if !entry.1.contains(&scope) {
+                    entry.1.push(scope.clone());
+                }
+                if !entry.2.contains(&because.policy) {
+                    entry.2.push(because.policy.clone());
+                }
+            }
+        }
+    }
+    body["scopes"] = json!(scopes);
+    body["why"] = why
+        .into_iter()
+        .map(|(fact, scopes, policies)| json!({ "fact": fact, "scopes": scopes, "policies": policies }))
+        .collect();
+    body
+}

@@ -1,0 +1,349 @@
+//! Explanations: *why* a policy the engine named grants an action, in the
+//! facts of the platform's model (the default role of the workspace, an
+//! explicit role tag, the admin override, the personal owner).
+//!
+//! This is an explanation, not a decision: which actions are allowed and by
+//! which policies always comes from [`crate::engine`] (through
+//! [`super::actions`]). Here the facts are read back to say which of them
+//! made the named policy true. Outside the platform's model (a schema
+//! without its types, see [`crate::domain::applies`]) and for policies this
+//! module does not know, a grant is explained by the policy and its source
+//! location only.
+
+use cedar_policy::{Entities, EntityId, EntityTypeName, EntityUid, EvalResult, PolicyId};
+use serde::Serialize;
+
+use crate::snapshot::Snapshot;
+
+/// One policy that granted an action, and the facts that made it true.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Because {
+    pub policy: String,
+    /// `file:line` of the policy, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    pub facts: Vec<String>,
+}
+
+/// How a workspace relates to a principal (platform model only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkspaceInfo {
+    /// `personal` (the principal owns it), `shared` (someone else's personal
+    /// workspace) or `organization`.
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+struct Facts<'a> {
+    entities: &'a Entities,
+    ns: String,
+}
+
+impl Facts<'_> {
+    fn attr(&self, e: &EntityUid, name: &str) -> Option<EvalResult> {
+        self.entities.get(e)?.attr(name)?.ok()
+    }
+
+    fn entity_attr(&self, e: &EntityUid, name: &str) -> Option<EntityUid> {
+        match self.attr(e, name)? {
+            EvalResult::EntityUid(u) => Some(u),
+            _ => None,
+        }
+    }
+
+    fn string_attr(&self, e: &EntityUid, name: &str) -> Option<String> {
+        match self.attr(e, name)? {
+            EvalResult::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn is_in(&self, e: &EntityUid, group: &EntityUid) -> bool {
+        e == group
+            || self
+                .entities
+                .ancestors(e)
+                .is_some_and(|mut a| a.any(|x| x == group))
+    }
+
+    fn is_type(&self, e: &EntityUid, basename: &str) -> bool {
+        e.type_name().to_string() == format!("{}::{basename}", self.ns)
+    }
+
+    fn scope(&self, action: &EntityUid) -> Option<EntityUid> {
+        let ty: EntityTypeName = format!("{}::Scope", self.ns).parse().ok()?;
+        Some(EntityUid::from_type_name_and_id(
+            ty,
+            EntityId::new(action.id().unescaped()),
+        ))
+    }
+
+    /// The explicit role `principal` holds in `workspace` (its tag), if it
+    /// applies there and grants `scope`.
+    fn explicit(&self, p: &EntityUid, ws: &EntityUid, scope: &EntityUid) -> Option<String> {
+        let key = self.string_attr(ws, "key")?;
+        let role = match self.entities.get(p)?.tag(&key)?.ok()? {
+            EvalResult::EntityUid(r) => r,
+            _ => return None,
+        };
+        if !self.is_in(&role, scope) {
+            return None;
+        }
+        let role_id = role.id().unescaped().to_string();
+        if let Some(org) = self.entity_attr(ws, "org") {
+            self.is_in(p, &org).then(|| {
+                format!("explicit role `{role_id}` (tag `{key}` of {p}, a member of {org})")
+            })
+        } else if let Some(owner) = self.entity_attr(ws, "owner") {
+            self.is_type(p, "User").then(|| {
+                format!("role `{role_id}` as a collaborator invited to the personal workspace of {owner} (tag `{key}`)")
+            })
+        } else {
+            None
+        }
+    }
+
+    fn default_role(&self, p: &EntityUid, ws: &EntityUid, scope: &EntityUid) -> Option<String> {
+        let org = self.entity_attr(ws, "org")?;
+        let role = self.entity_attr(ws, "defaultRole")?;
+        (self.is_type(p, "User") && self.is_in(p, &org) && self.is_in(&role, scope)).then(|| {
+            format!(
+                "default role `{}` of the workspace, for every user of {org}",
+                role.id().unescaped()
+            )
+        })
+    }
+
+    fn org_admin(&self, p: &EntityUid, org: &EntityUid) -> Option<String> {
+        let admins = self.entity_attr(org, "admins")?;
+        (self.is_in(p, &admins) && self.is_in(p, org))
+            .then(|| format!("admin of {org} (member of {admins})"))
+    }
+}
+
+/// The facts behind each policy that granted `action` to `principal` on
+/// `resource` (`policies`: the determining policies the engine reported).
+pub fn explain(
+    snap: &Snapshot,
+    principal: &EntityUid,
+    action: &EntityUid,
+    resource: &EntityUid,
+    policies: &[String],
+) -> Vec<Because> {
+    let facts = model(snap);
+    policies
+        .iter()
+        .map(|policy| {
+            let origin = snap
+                .origins
+                .get(&PolicyId::new(policy))
+                .map(|o| match o.line {
+                    Some(l) => format!("{}:{l}", o.file.display()),
+                    None => o.file.display().to_string(),
+                });
+            let found = facts
+                .as_ref()
+                .map(|f| facts_for(f, policy, principal, action, resource))
+                .unwrap_or_default();
+            Because {
+                policy: policy.clone(),
+                origin,
+                facts: found,
+            }
+        })
+        .collect()
+}
+
+fn model(snap: &Snapshot) -> Option<Facts<'_>> {
+    crate::domain::applies(&snap.schema).then(|| Facts {
+        entities: &snap.entities,
+        ns: "Prefect".to_string(),
+    })
+}
+
+fn facts_for(
+    f: &Facts<'_>,
+    policy: &str,
+    p: &EntityUid,
+    action: &EntityUid,
+    r: &EntityUid,
+) -> Vec<String> {
+    let family = policy.split('/').next().unwrap_or(policy);
+    let mut out = Vec::new();
+    match family {
+        "union-of-default-and-explicit" => {
+            if let Some(scope) = f.scope(action) {
+                out.extend(f.explicit(p, r, &scope));
+                out.extend(f.default_role(p, r, &scope));
+            }
+        }
+        "admin-overrides" => {
+            if let Some(org) = f.entity_attr(r, "org") {
+                out.extend(f.org_admin(p, &org));
+            }
+        }
+        "personal-owner" if f.entity_attr(r, "owner").as_ref() == Some(p) => {
+            out.push("owner of the personal workspace".to_string());
+        }
+        "workspace-transfer-accept" => {
+            if let Some(org) = f.entity_attr(r, "transferTo") {
+                out.extend(f.org_admin(p, &org).map(|a| {
+                    format!("{a}, the organization the workspace is being transferred to")
+                }));
+            }
+        }
+        "org-admin-actions" => out.extend(f.org_admin(p, r)),
+        "org-member-read" if f.is_in(p, r) => out.push(format!("member of {r}")),
+        "invitation-accept" => {
+            if let Some(email) = f.string_attr(r, "email") {
+                out.push(format!(
+                    "invited as `{email}`, the principal's email, and the invitation is pending"
+                ));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// How `workspace` relates to `principal`, in the platform's model.
+pub fn workspace_info(
+    snap: &Snapshot,
+    principal: &EntityUid,
+    workspace: &EntityUid,
+) -> Option<WorkspaceInfo> {
+    let f = model(snap)?;
+    let handle = f.string_attr(workspace, "handle");
+    if let Some(owner) = f.entity_attr(workspace, "owner") {
+        let kind = if &owner == principal {
+            "personal"
+        } else {
+            "shared"
+        };
+        return Some(WorkspaceInfo {
+            kind,
+            handle,
+            organization: None,
+            owner: Some(owner.id().unescaped().to_string()),
+        });
+    }
+    let org = f.entity_attr(workspace, "org")?;
+    Some(WorkspaceInfo {
+        kind: "organization",
+        handle,
+        organization: Some(org.id().unescaped().to_string()),
+        owner: None,
+    })
+}
+
+/// `orgwarden explain`: the effective scopes of `principal` on `resource`,
+/// each with the policies and facts that grant it, as text or JSON.
+pub fn explain_report(
+    snap: &Snapshot,
+    principal: &EntityUid,
+    resource: &EntityUid,
+    context: &serde_json::Value,
+    as_json: bool,
+) -> Result<String, crate::engine::RequestError> {
+    let page = super::all_pages(|p| super::actions(snap, principal, resource, context, p))?;
+    let explained: Vec<(String, Vec<Because>)> = page
+        .items
+        .iter()
+        .map(|g| {
+            let name = g.action.id().unescaped().to_string();
+            (
+                name,
+                explain(snap, principal, &g.action, resource, &g.policies),
+            )
+        })
+        .collect();
+    if as_json {
+        let actions: Vec<serde_json::Value> = explained
+            .iter()
+            .map(|(name, because)| serde_json::json!({ "action": name, "granted_by": because }))
+            .collect();
+        let body = serde_json::json!({
+            "principal": principal.to_string(),
+            "resource": resource.to_string(),
+            "generation": snap.generation,
+            "actions": actions,
+        });
+        return Ok(serde_json::to_string_pretty(&body).unwrap_or_default());
+    }
+    let mut out = format!(
+        "{principal} on {resource}: {} action(s) allowed\n",
+        explained.len()
+    );
+    for (name, because) in &explained {
+        out.push_str(&format!("  {name}\n"));
+        for b in because {
+            match &b.origin {
+                Some(o) => out.push_str(&format!("    {}  ({o})\n", b.policy)),
+                None => out.push_str(&format!("    {}\n", b.policy)),
+            }
+            for fact in &b.facts {
+                out.push_str(&format!("      because: {fact}\n"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `orgwarden who`: the principals of `types` who may perform `action` on
+/// `resource`, each with the policies that allow it, as text or JSON.
+pub fn who_report(
+    snap: &Snapshot,
+    types: &[EntityTypeName],
+    action: &EntityUid,
+    resource: &EntityUid,
+    context: &serde_json::Value,
+    as_json: bool,
+) -> Result<String, crate::engine::RequestError> {
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let mut notes = Vec::new();
+    for ty in types {
+        let page = super::all_pages(|p| super::subjects(snap, ty, action, resource, context, p))?;
+        notes.push(match page.strategy {
+            super::Strategy::Index => format!("{ty}: index, {} candidate(s)", page.candidates),
+            super::Strategy::Scan => format!(
+                "{ty}: scan of {} entities (unindexed: {})",
+                page.candidates,
+                page.unindexed.join(", ")
+            ),
+        });
+        rows.extend(
+            page.items
+                .into_iter()
+                .map(|h| (h.uid.to_string(), h.policies)),
+        );
+    }
+    if as_json {
+        let principals: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(uid, policies)| serde_json::json!({ "principal": uid, "policies": policies }))
+            .collect();
+        let body = serde_json::json!({
+            "action": action.to_string(),
+            "resource": resource.to_string(),
+            "generation": snap.generation,
+            "principals": principals,
+            "strategy": notes,
+        });
+        return Ok(serde_json::to_string_pretty(&body).unwrap_or_default());
+    }
+    let width = rows.iter().map(|(u, _)| u.len()).max().unwrap_or(0);
+    let mut out = format!(
+        "{} principal(s) may {action} on {resource} ({})\n",
+        rows.len(),
+        notes.join("; ")
+    );
+    for (uid, policies) in &rows {
+        out.push_str(&format!("  {uid:<width$}  {}\n", policies.join(", ")));
+    }
+    Ok(out)
+}
