@@ -217,6 +217,21 @@ fn check_workspace<'a>(
     let uid = e.uid();
     let org = entity_attr(e, "org");
     let owner = entity_attr(e, "owner");
+    // Register the key first, so that a workspace with another error does
+    // not also make every tag naming it an error.
+    if let Some(key) = string_attr(e, "key") {
+        if let Some(prev) = by_key.get(&key) {
+            c.error(
+                &uid,
+                format!(
+                    "workspace {uid}: key {key:?} is already the key of {}",
+                    prev.uid()
+                ),
+            );
+        } else {
+            by_key.insert(key, e);
+        }
+    }
     let account = match (&org, &owner) {
         (Some(o), None) => o.clone(),
         (None, Some(o)) => o.clone(),
@@ -237,19 +252,6 @@ fn check_workspace<'a>(
                 }
             ),
         );
-    }
-    if let Some(key) = string_attr(e, "key") {
-        if let Some(prev) = by_key.get(&key) {
-            c.error(
-                &uid,
-                format!(
-                    "workspace {uid}: key {key:?} is already the key of {}",
-                    prev.uid()
-                ),
-            );
-        } else {
-            by_key.insert(key, e);
-        }
     }
     if let Some(handle) = string_attr(e, "handle") {
         if let Some(prev) = handles.get(&(account.clone(), handle.clone())) {
