@@ -1,17 +1,48 @@
 //! The bare-axum floor for `scripts/bench-http`: a minimal axum server that
-//! answers every `POST /v1/is_authorized` (and the batch route) with a
-//! constant JSON body, so the load generator's figure for it is the cost of
-//! HTTP/1.1 + axum + tokio on this machine, with no decision at all.
+//! parses every `POST /v1/is_authorized` body (and the batch route's) as the
+//! same JSON shape orgwarden accepts, then answers a fixed decision. The load
+//! generator's figure for it is the cost of HTTP/1.1 + axum + tokio + the
+//! JSON body on this machine, with no decision at all: the floor the issue's
+//! targets are ratios of.
 //!
 //! `ORGWARDEN_FLOOR_LISTEN=127.0.0.1:PORT cargo bench --bench axum_floor`
 //! (or run the built bench binary directly); serves until killed.
 
+use axum::Json;
 use axum::{Router, routing::post};
+use serde::Deserialize;
+use serde_json::{Value, json};
 
-const BODY: &str = r#"{"decision":"Allow","diagnostics":{"reason":["floor"],"errors":[]},"decision_id":"00000000-0000-0000-0000-000000000000"}"#;
+/// The cedar-agent request shape, as orgwarden reads it.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Input {
+    principal: Option<Value>,
+    action: Option<Value>,
+    resource: Option<Value>,
+    context: Option<Value>,
+}
 
-async fn answer(_body: bytes::Bytes) -> ([(&'static str, &'static str); 1], &'static str) {
-    ([("content-type", "application/json")], BODY)
+#[derive(Deserialize)]
+struct Batch {
+    requests: Vec<Input>,
+}
+
+fn fixed() -> Value {
+    json!({
+        "decision": "Allow",
+        "diagnostics": { "reason": ["floor"], "errors": [] },
+        "decision_id": "00000000-0000-0000-0000-000000000000",
+    })
+}
+
+async fn one(Json(_input): Json<Input>) -> Json<Value> {
+    Json(fixed())
+}
+
+async fn batch(Json(batch): Json<Batch>) -> Json<Value> {
+    let results: Vec<Value> = batch.requests.iter().map(|_| fixed()).collect();
+    Json(json!({ "results": results }))
 }
 
 fn main() {
@@ -23,8 +54,8 @@ fn main() {
         .expect("runtime");
     rt.block_on(async move {
         let app = Router::new()
-            .route("/v1/is_authorized", post(answer))
-            .route("/v1/is_authorized/batch", post(answer));
+            .route("/v1/is_authorized", post(one))
+            .route("/v1/is_authorized/batch", post(batch));
         let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
         println!("listening on {addr}");
         axum::serve(listener, app).await.expect("serve");

@@ -145,10 +145,6 @@ pub fn prepare(snap: &Snapshot, input: &RequestInput) -> Result<Query, RequestEr
         .names
         .resolve_entity(required("resource", &input.resource)?)
         .map_err(|e| name_error("resource", e))?;
-    let context_json = input
-        .context
-        .clone()
-        .unwrap_or_else(|| serde_json::json!({}));
     let facts = match (&input.entities, &input.additional_entities) {
         (Some(_), Some(_)) => {
             return Err(RequestError::new(
@@ -163,8 +159,46 @@ pub fn prepare(snap: &Snapshot, input: &RequestInput) -> Result<Query, RequestEr
         }
         (None, None) => Facts::Loaded,
     };
-    let query = build_query(snap, principal, action, resource, context_json)?;
+    let context = context_for(snap, &action, input.context.as_ref())?;
+    let query = query_with_context(snap, principal, action, resource, context)?;
     Ok(Query { facts, ..query })
+}
+
+static EMPTY_OBJECT: LazyLock<serde_json::Value> = LazyLock::new(|| serde_json::json!({}));
+
+/// The request context `json` (none: `{}`) typed by `action`'s context
+/// schema, exactly as `Context::from_json_value` types it; memoized per
+/// action in the policy index, since the same JSON always gives the same
+/// context.
+pub fn context_for(
+    snap: &Snapshot,
+    action: &EntityUid,
+    json: Option<&serde_json::Value>,
+) -> Result<Context, RequestError> {
+    let json = json.unwrap_or(&EMPTY_OBJECT);
+    if !json.is_object() {
+        return Err(RequestError::new(
+            "invalid_context",
+            "context",
+            "`context` must be a JSON object",
+        ));
+    }
+    let memo = snap.index.for_action(action).map(|ap| &ap.contexts);
+    let key = memo.and_then(|_| {
+        let text = json.to_string();
+        (text.len() <= crate::index::CONTEXT_MEMO_MAX_KEY).then_some(text)
+    });
+    if let (Some(memo), Some(key)) = (memo, &key)
+        && let Some(context) = memo.get(key)
+    {
+        return Ok(context);
+    }
+    let context = Context::from_json_value(json.clone(), Some((&snap.schema, action)))
+        .map_err(|e| RequestError::new("invalid_context", "context", crate::diag::one_line(&e)))?;
+    if let (Some(memo), Some(key)) = (memo, key) {
+        memo.insert(key, context.clone());
+    }
+    Ok(context)
 }
 
 /// A query on the loaded facts from resolved parts (used by tools that
@@ -176,15 +210,17 @@ pub fn build_query(
     resource: EntityUid,
     context: serde_json::Value,
 ) -> Result<Query, RequestError> {
-    if !context.is_object() {
-        return Err(RequestError::new(
-            "invalid_context",
-            "context",
-            "`context` must be a JSON object",
-        ));
-    }
-    let context = Context::from_json_value(context, Some((&snap.schema, &action)))
-        .map_err(|e| RequestError::new("invalid_context", "context", crate::diag::one_line(&e)))?;
+    let context = context_for(snap, &action, Some(&context))?;
+    query_with_context(snap, principal, action, resource, context)
+}
+
+fn query_with_context(
+    snap: &Snapshot,
+    principal: EntityUid,
+    action: EntityUid,
+    resource: EntityUid,
+    context: Context,
+) -> Result<Query, RequestError> {
     let request = Request::new(
         principal.clone(),
         action.clone(),
@@ -284,11 +320,7 @@ pub fn decide(snap: &Snapshot, q: &Query) -> Outcome {
 
 /// A Cedar response as an [`Outcome`].
 pub fn outcome(response: &cedar_policy::Response) -> Outcome {
-    let mut reasons: Vec<String> = response
-        .diagnostics()
-        .reason()
-        .map(ToString::to_string)
-        .collect();
+    let mut reasons: Vec<String> = response.diagnostics().reason().map(policy_id).collect();
     reasons.sort();
     let mut errors: Vec<String> = response
         .diagnostics()
@@ -304,6 +336,20 @@ pub fn outcome(response: &cedar_policy::Response) -> Outcome {
         decision,
         reasons,
         errors,
+    }
+}
+
+/// A policy id as Cedar displays it (`escape_debug` of the id), without
+/// the formatter for the usual ids, which that escaping leaves unchanged.
+fn policy_id(id: &cedar_policy::PolicyId) -> String {
+    let raw: &str = id.as_ref();
+    let plain = raw
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_/:.@ ".contains(&b));
+    if plain {
+        raw.to_owned()
+    } else {
+        id.to_string()
     }
 }
 
@@ -430,4 +476,28 @@ pub fn overlay_attributes(
         attrs.insert(k.clone(), v.clone());
     }
     Ok(json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_ids_read_as_cedar_displays_them() {
+        for raw in [
+            "admin-overrides",
+            "union-of-default-and-explicit/see_flows",
+            "policy12",
+            "a \"quoted\" id",
+            "tab\there",
+            "back\\slash",
+            "apostrophe's",
+            "émoji 🚀",
+            "new\nline",
+            "",
+        ] {
+            let id = cedar_policy::PolicyId::new(raw);
+            assert_eq!(policy_id(&id), id.to_string(), "{raw:?}");
+        }
+    }
 }

@@ -7,18 +7,32 @@
 //! changes no decision, reason or error. The index is built once per snapshot
 //! from the schema's action hierarchy; a request then evaluates only its
 //! action's set.
+//!
+//! Each action also keeps a small memo of typed request contexts: Cedar
+//! parses a context JSON against the action's context type the same way
+//! every time, so a context seen before (most gateways send the same few)
+//! is reused instead of parsed again.
 
 use std::collections::{HashMap, HashSet};
 
-use cedar_policy::{ActionConstraint, Entities, EntityUid, PolicySet};
+use cedar_policy::{ActionConstraint, Context, Entities, EntityUid, PolicySet};
+use moka::sync::Cache;
+
+/// Most distinct contexts remembered per action.
+const CONTEXT_MEMO_ENTRIES: u64 = 4096;
+/// Contexts whose JSON text is longer than this are parsed every time.
+pub const CONTEXT_MEMO_MAX_KEY: usize = 1024;
 
 /// The policies one action can match, and the entities they name.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ActionPolicies {
     pub policies: PolicySet,
     /// Entity literals of these policies (sorted, unique): a request-scoped
     /// slice of the facts includes them.
     pub literals: Vec<EntityUid>,
+    /// Context JSON text -> the context Cedar parsed from it for this action
+    /// (valid ones only; bounded, least recently used evicted).
+    pub contexts: Cache<String, Context>,
 }
 
 /// Per-action policy sets.
@@ -61,6 +75,7 @@ impl PolicyIndex {
                 ActionPolicies {
                     policies: set,
                     literals,
+                    contexts: Cache::new(CONTEXT_MEMO_ENTRIES),
                 },
             );
         }

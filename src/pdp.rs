@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::decision_log::{DecisionLog, DecisionRecord};
 use crate::engine::{self, Outcome, RequestError, RequestInput};
 use crate::metrics::{DecisionLabels, ErrorLabels, Metrics};
+use crate::names::EntityRef;
 use crate::reload::Live;
 use crate::snapshot::Snapshot;
 
@@ -142,16 +143,63 @@ impl Pdp {
         if input.entities.is_some() || input.additional_entities.is_some() {
             return None;
         }
-        let request = serde_json::to_string(&(
-            &input.principal,
-            &input.action,
-            &input.resource,
-            &input.context,
-        ))
-        .ok()?;
         Some(CacheKey {
             generation: snap.generation,
-            request,
+            request: request_key(input),
         })
+    }
+}
+
+/// The decision-relevant parts of a request as one string, each part
+/// length-prefixed so that different requests never share a key.
+fn request_key(input: &RequestInput) -> String {
+    use std::fmt::Write;
+    let mut key = String::with_capacity(128);
+    for part in [&input.principal, &input.action, &input.resource] {
+        match part {
+            None => key.push('-'),
+            Some(EntityRef::Text(t)) => {
+                let _ = write!(key, "t{}:{t}", t.len());
+            }
+            Some(EntityRef::Object { type_name, id }) => {
+                let _ = write!(key, "o{}:{type_name}{}:{id}", type_name.len(), id.len());
+            }
+        }
+    }
+    if let Some(context) = &input.context {
+        key.push('c');
+        key.push_str(&context.to_string());
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn input(v: serde_json::Value) -> RequestInput {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn request_keys_tell_requests_apart() {
+        let keys = [
+            json!({"principal": "User::\"a\"", "action": "see_flows", "resource": "Workspace::\"w\""}),
+            json!({"principal": "User::\"a\"", "action": "see_flows", "resource": "Workspace::\"w2\""}),
+            json!({"principal": {"type": "User", "id": "a"}, "action": "see_flows", "resource": "Workspace::\"w\""}),
+            json!({"principal": {"type": "User", "id": "a\""}, "action": "see_flows", "resource": "Workspace::\"w\""}),
+            json!({"principal": "User::\"a\"", "action": "see_flows", "resource": "Workspace::\"w\"", "context": {}}),
+            json!({"principal": "User::\"a\"", "action": "see_flows", "resource": "Workspace::\"w\"", "context": {"ip": "10.0.0.1"}}),
+            json!({"action": "see_flows", "resource": "Workspace::\"w\""}),
+            json!({"principal": "t3:abc", "action": "see_flows"}),
+        ]
+        .map(|v| request_key(&input(v)));
+        let unique: std::collections::HashSet<_> = keys.iter().collect();
+        assert_eq!(unique.len(), keys.len(), "{keys:#?}");
+        let again = request_key(&input(
+            json!({"principal": "User::\"a\"", "action": "see_flows", "resource": "Workspace::\"w\""}),
+        ));
+        assert_eq!(again, keys[0]);
     }
 }

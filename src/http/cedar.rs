@@ -4,13 +4,13 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use super::App;
 use super::error::{ApiError, JsonBody};
 use crate::engine::RequestInput;
-use crate::pdp::Decided;
+use crate::pdp::{Decided, Entry};
 use crate::snapshot::Snapshot;
 
 /// `{"requests": [...]}`.
@@ -20,16 +20,43 @@ pub struct BatchInput {
     pub requests: Vec<RequestInput>,
 }
 
-/// The cedar-agent response shape.
-pub fn response_body(d: &Decided) -> Value {
-    json!({
-        "decision": d.entry.outcome.decision,
-        "diagnostics": { "reason": d.entry.outcome.reasons, "errors": d.entry.outcome.errors },
-        "decision_id": d.decision_id,
-    })
+/// The cedar-agent response shape, serialized straight from the (possibly
+/// cached) decision: `{"decision", "diagnostics": {"reason", "errors"},
+/// "decision_id"}`.
+pub struct ResponseBody {
+    entry: Arc<Entry>,
+    decision_id: Uuid,
 }
 
-fn decide_one(app: &App, snap: &Snapshot, input: &RequestInput) -> Result<Value, ApiError> {
+impl Serialize for ResponseBody {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Diagnostics<'a>(&'a Entry);
+        impl Serialize for Diagnostics<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("reason", &self.0.outcome.reasons)?;
+                m.serialize_entry("errors", &self.0.outcome.errors)?;
+                m.end()
+            }
+        }
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("decision", &self.entry.outcome.decision)?;
+        m.serialize_entry("diagnostics", &Diagnostics(&self.entry))?;
+        m.serialize_entry("decision_id", &self.decision_id)?;
+        m.end()
+    }
+}
+
+/// The cedar-agent response of a decision.
+pub fn response_body(d: &Decided) -> ResponseBody {
+    ResponseBody {
+        entry: d.entry.clone(),
+        decision_id: d.decision_id,
+    }
+}
+
+fn decide_one(app: &App, snap: &Snapshot, input: &RequestInput) -> Result<ResponseBody, ApiError> {
     app.check_bounds(input)?;
     let decided = app.pdp.authorize(snap, input, "cedar")?;
     Ok(response_body(&decided))
@@ -38,9 +65,15 @@ fn decide_one(app: &App, snap: &Snapshot, input: &RequestInput) -> Result<Value,
 pub async fn is_authorized(
     State(app): State<Arc<App>>,
     JsonBody(input): JsonBody<RequestInput>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ResponseBody>, ApiError> {
     let snap = app.pdp.live.snapshot();
     decide_one(&app, &snap, &input).map(Json)
+}
+
+/// `{"results": [...]}`, in request order.
+#[derive(Serialize)]
+pub struct BatchBody {
+    results: Vec<ResponseBody>,
 }
 
 /// Every request of a batch is decided against the same snapshot; an invalid
@@ -48,7 +81,7 @@ pub async fn is_authorized(
 pub async fn is_authorized_batch(
     State(app): State<Arc<App>>,
     JsonBody(batch): JsonBody<BatchInput>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BatchBody>, ApiError> {
     app.check_batch_len(batch.requests.len(), "requests")?;
     let snap = app.pdp.live.snapshot();
     let results = batch
@@ -59,5 +92,5 @@ pub async fn is_authorized_batch(
             decide_one(&app, &snap, input).map_err(|e| e.within(&format!("requests[{i}]")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(json!({ "results": results })))
+    Ok(Json(BatchBody { results }))
 }
