@@ -11,6 +11,7 @@
 //! facts, or, when the request brings entities of its own, against a small
 //! slice of the facts: never a copy of the whole store.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::LazyLock;
 
@@ -304,9 +305,16 @@ fn parse_replacement(snap: &Snapshot, value: &serde_json::Value) -> Result<Entit
 /// Decide a prepared query.
 pub fn decide(snap: &Snapshot, q: &Query) -> Outcome {
     let (policies, literals) = match snap.index.for_action(&q.action) {
-        Some(ap) => (&ap.policies, ap.literals.as_slice()),
-        None => (&snap.policies, snap.policy_literals.as_slice()),
+        Some(ap) => (
+            ap.for_request(&q.principal, &q.resource),
+            ap.literals.as_slice(),
+        ),
+        None => (
+            Cow::Borrowed(&snap.policies),
+            snap.policy_literals.as_slice(),
+        ),
     };
+    let policies = policies.as_ref();
     let response = match &q.facts {
         Facts::Loaded => AUTHORIZER.is_authorized(&q.request, policies, &snap.entities),
         Facts::Replaced(entities) => AUTHORIZER.is_authorized(&q.request, policies, entities),
