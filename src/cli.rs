@@ -181,6 +181,9 @@ fn check(args: &CheckArgs) -> ExitCode {
                 snap.files.len(),
                 snap.warnings.len()
             );
+            // The process exits now: freeing a large world entity by entity
+            // would only add to its run time (~7% at 1M memberships).
+            std::mem::forget(snap);
             ExitCode::SUCCESS
         }
         Err(diags) => {

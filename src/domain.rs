@@ -71,6 +71,9 @@ struct Checker<'a> {
     origin: &'a HashMap<EntityUid, usize>,
     files: &'a [TextFile],
     out: Vec<Diagnostic>,
+    /// The `org` of each role used so far; `None` for a role that does not
+    /// exist. Roles are few and used by every membership.
+    role_org: HashMap<EntityUid, Option<Option<EntityUid>>>,
 }
 
 impl Checker<'_> {
@@ -120,12 +123,13 @@ pub fn check(
         origin,
         files,
         out: Vec::new(),
+        role_org: HashMap::new(),
     };
     // Workspaces by key, and handles per owning account.
     let mut by_key: HashMap<String, &Entity> = HashMap::new();
     let mut handles: HashMap<(EntityUid, String), EntityUid> = HashMap::new();
     let mut sorted: Vec<&Entity> = entities.iter().filter(|e| in_ns(&e.uid())).collect();
-    sorted.sort_by_key(|e| e.uid().to_string());
+    sorted.sort_by_cached_key(|e| e.uid().to_string());
     let org_of_admins: HashMap<EntityUid, EntityUid> = sorted
         .iter()
         .filter(|e| ty(&e.uid()) == "Organization")
@@ -169,10 +173,15 @@ pub fn check(
             _ => {}
         }
     }
+    // Each workspace's uid and organization, by key, read once.
+    let workspaces: HashMap<&str, (EntityUid, Option<EntityUid>)> = by_key
+        .iter()
+        .map(|(key, ws)| (key.as_str(), (ws.uid(), entity_attr(ws, "org"))))
+        .collect();
     for e in &sorted {
         let uid = e.uid();
         match ty(&uid) {
-            "User" | "ServiceAccount" => check_principal(&mut c, e, &by_key, &org_of_admins),
+            "User" | "ServiceAccount" => check_principal(&mut c, e, &workspaces, &org_of_admins),
             _ => {}
         }
     }
@@ -261,7 +270,7 @@ fn check_workspace<'a>(
         }
     }
     if let Some(role) = entity_attr(e, "defaultRole") {
-        check_role_use(c, &uid, &role, org.as_ref(), "default role");
+        check_role_use(c, &uid, &role, org.as_ref(), &"default role");
     }
     for attr in ["transferTo"] {
         if let Some(target) = entity_attr(e, attr)
@@ -275,6 +284,15 @@ fn check_workspace<'a>(
     }
 }
 
+/// "role in <workspace>", written only into an error.
+struct RoleIn<'a>(&'a EntityUid);
+
+impl std::fmt::Display for RoleIn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "role in {}", self.0)
+    }
+}
+
 /// A role used in a workspace exists and, when custom, belongs to the
 /// workspace's organization.
 fn check_role_use(
@@ -282,26 +300,33 @@ fn check_role_use(
     at: &EntityUid,
     role: &EntityUid,
     org: Option<&EntityUid>,
-    what: &str,
+    what: &dyn std::fmt::Display,
 ) {
-    let Some(r) = c.entities.get(role) else {
-        c.error(at, format!("{at}: {what} {role} does not exist"));
-        return;
+    if !c.role_org.contains_key(role) {
+        let known = c.entities.get(role).map(|r| entity_attr(r, "org"));
+        c.role_org.insert(role.clone(), known);
+    }
+    let message = match c.role_org.get(role) {
+        Some(None) => Some(format!("{at}: {what} {role} does not exist")),
+        Some(Some(Some(role_org))) if Some(role_org) != org => {
+            let place = org
+                .map(|o| format!("a workspace of {o}"))
+                .unwrap_or_else(|| "a personal workspace".into());
+            Some(format!(
+                "R9: {at}: {what} {role} is a custom role of {role_org} and cannot be used in {place}"
+            ))
+        }
+        _ => None,
     };
-    if let Some(role_org) = entity_attr(r, "org")
-        && Some(&role_org) != org
-    {
-        let place = org
-            .map(|o| format!("a workspace of {o}"))
-            .unwrap_or_else(|| "a personal workspace".into());
-        c.error(at, format!("R9: {at}: {what} {role} is a custom role of {role_org} and cannot be used in {place}"));
+    if let Some(message) = message {
+        c.error(at, message);
     }
 }
 
 fn check_principal(
     c: &mut Checker<'_>,
     e: &Entity,
-    by_key: &HashMap<String, &Entity>,
+    workspaces: &HashMap<&str, (EntityUid, Option<EntityUid>)>,
     org_of_admins: &HashMap<EntityUid, EntityUid>,
 ) {
     let uid = e.uid();
@@ -311,7 +336,12 @@ fn check_principal(
         .map(|a| a.cloned().collect())
         .unwrap_or_default();
     let is_service_account = ty(&uid) == "ServiceAccount";
-    for a in &ancestors {
+    // In a stable order, so that one load's errors are the next one's.
+    let mut ordered: Vec<&EntityUid> = ancestors.iter().collect();
+    if ordered.len() > 1 {
+        ordered.sort_by_cached_key(|a| a.to_string());
+    }
+    for a in ordered {
         match ty(a) {
             "OrgAdmins" if is_service_account => c.error(
                 &uid,
@@ -337,7 +367,7 @@ fn check_principal(
             Ok(EvalResult::EntityUid(r)) => r,
             _ => continue,
         };
-        let Some(ws) = by_key.get(key) else {
+        let Some((ws_uid, org)) = workspaces.get(key) else {
             c.error(
                 &uid,
                 format!(
@@ -346,9 +376,7 @@ fn check_principal(
             );
             continue;
         };
-        let ws_uid = ws.uid();
-        let org = entity_attr(ws, "org");
-        match &org {
+        match org {
             Some(org) if !ancestors.contains(org) => c.error(
                 &uid,
                 format!("R6: {uid} has role {role} in {ws_uid} but is not a member of its organization {org}; members and service accounts must belong to the organization first"),
@@ -359,6 +387,6 @@ fn check_principal(
             ),
             _ => {}
         }
-        check_role_use(c, &uid, &role, org.as_ref(), &format!("role in {ws_uid}"));
+        check_role_use(c, &uid, &role, org.as_ref(), &RoleIn(ws_uid));
     }
 }

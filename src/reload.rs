@@ -6,9 +6,11 @@
 //! off the request path and swaps it in only when it is valid; a failed
 //! reload keeps the last good snapshot serving and records the error.
 //! Reloads are serialized (never two loads at once); a reload whose files
-//! have the same SHA-256 digests as the served snapshot's swaps nothing, and
-//! one that changes only policies (or routes) reuses the served snapshot's
-//! parsed entities.
+//! have the same SHA-256 digests as the served snapshot's swaps nothing, one
+//! that changes only policies (or routes) reuses the served snapshot's
+//! parsed entities, and one that changes some entity files parses only those
+//! and applies them to the served snapshot's entities
+//! ([`load::Inputs::build_after`]).
 //!
 //! [`Live::watch`] reloads when the files change. A thread of its own owns a
 //! `notify` watcher on the input paths (policies, schema, entities, and the
@@ -162,6 +164,7 @@ impl Live {
                     files = snapshot.files.len(),
                     policies = snapshot.policy_count(),
                     entities = snapshot.entity_total,
+                    entity_files_parsed = snapshot.entity_files_parsed,
                     millis = snapshot.load_duration.as_millis() as u64,
                     "reloaded"
                 );

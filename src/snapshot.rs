@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use cedar_policy::{Entities, EntityUid, PolicyId, PolicySet, Schema};
@@ -43,6 +44,24 @@ pub struct PolicyOrigin {
     pub line: Option<usize>,
 }
 
+/// The entities one entity file defined, so that a reload can replace the
+/// definitions of the files that changed and keep the others
+/// ([`crate::load::Inputs::build_after`]). Shared between the snapshots
+/// that kept the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntitySource {
+    pub path: PathBuf,
+    /// SHA-256 (hex) of the text the entities were parsed from.
+    pub sha256: String,
+    /// The (non-action) entities it defines, in file order, each with the
+    /// digest of its JSON.
+    pub entities: Arc<[(EntityUid, ItemDigest)]>,
+}
+
+/// A digest of an entity's JSON (128 bits of SHA-256 over its structure
+/// and values): the same digest, the same definition.
+pub type ItemDigest = [u8; 16];
+
 /// One immutable, validated set of schema, policies and entities.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -59,6 +78,13 @@ pub struct Snapshot {
     pub policy_literals: Vec<EntityUid>,
     pub origins: HashMap<PolicyId, PolicyOrigin>,
     pub files: Vec<SourceFile>,
+    /// Every entity file (in load order) with the entities it defines.
+    pub entity_sources: Vec<EntitySource>,
+    /// Entity files parsed to build this snapshot: all of them on a full
+    /// load (or a change too large to apply), the changed ones (and the
+    /// files of entities below a removed one) on an incremental reload,
+    /// none when the entities were reused.
+    pub entity_files_parsed: usize,
     /// Warnings of the validator and loader (the snapshot has no errors).
     pub warnings: Vec<Diagnostic>,
     pub loaded_at: SystemTime,
