@@ -18,7 +18,7 @@ use orgwarden::diag::Diagnostics;
 use orgwarden::load::{self, Inputs, Paths};
 use orgwarden::reload::Live;
 use orgwarden::snapshot::FileKind;
-use orgwarden::world::{self, WorldSpec};
+use orgwarden::world::{self, Rng, WorldSpec};
 use serde_json::{Value, json};
 
 fn spec() -> WorldSpec {
@@ -213,27 +213,6 @@ fn tag_role(s: &Snapshot, who: &cedar_policy::EntityUid, key: &str) -> Option<St
     match s.entities.get(who)?.tag(key)? {
         Ok(cedar_policy::EvalResult::EntityUid(role)) => Some(role.id().unescaped().to_string()),
         other => panic!("{other:?}"),
-    }
-}
-
-/// SplitMix64, so that a failure replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
-        (!items.is_empty()).then(|| &items[self.below(items.len())])
     }
 }
 
