@@ -23,7 +23,7 @@ use cedar_policy::{Entities, Entity, EntityUid, EvalResult, Schema};
 
 use crate::diag::Diagnostic;
 use crate::gateway::keys;
-use crate::load::{TextFile, locate_entity};
+use crate::source::{TextFile, locate_entity};
 
 const NS: &str = "Prefect";
 

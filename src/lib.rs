@@ -16,6 +16,7 @@ pub mod matrix;
 pub mod names;
 pub mod search;
 pub mod snapshot;
+pub mod source;
 pub mod symbolic;
 pub mod verify;
 pub mod world;

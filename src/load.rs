@@ -35,6 +35,8 @@ use crate::domain;
 use crate::gateway::{self, KeyIndex, Routes};
 use crate::index::PolicyIndex;
 use crate::names::Names;
+pub use crate::source::{TextFile, locate_entity};
+use crate::source::locate_raw;
 use crate::snapshot::{
     EntitySource, FileKind, ItemDigest, PolicyOrigin, Snapshot, SourceFile, is_action,
 };
@@ -61,13 +63,6 @@ impl Default for Paths {
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
-
-/// A file read into memory.
-#[derive(Debug, Clone)]
-pub struct TextFile {
-    pub path: PathBuf,
-    pub text: String,
-}
 
 /// Load and validate everything under `paths` into a new snapshot.
 pub fn load(paths: &Paths) -> Result<Snapshot, Diagnostics> {
@@ -1084,36 +1079,6 @@ fn raw_uid(item: &serde_json::Value) -> Option<(String, String)> {
         uid.get("type")?.as_str()?.to_string(),
         uid.get("id")?.as_str()?.to_string(),
     ))
-}
-
-/// Best-effort position of an entity's definition in a JSON file.
-pub fn locate_entity(text: &str, uid: &EntityUid) -> Option<(usize, usize)> {
-    locate_raw(
-        text,
-        &(
-            uid.type_name().to_string(),
-            uid.id().unescaped().to_string(),
-        ),
-    )
-}
-
-fn locate_raw(text: &str, (ty, id): &(String, String)) -> Option<(usize, usize)> {
-    let id = serde_json::to_string(id).ok()?;
-    let ty = serde_json::to_string(ty).ok()?;
-    let mut from = 0;
-    while let Some(at) = text[from..].find(&id) {
-        let pos = from + at;
-        let window_start = pos.saturating_sub(200);
-        let window_end = (pos + 200).min(text.len());
-        let window = text.get(window_start..window_end).unwrap_or("");
-        if window.contains(&ty) {
-            // Point at the start of the object holding the uid.
-            let obj = text[..pos].rfind("\"uid\"").unwrap_or(pos);
-            return Some(line_col(text, obj));
-        }
-        from = pos + id.len();
-    }
-    None
 }
 
 /// Cedar's JSON entities of a snapshot, as one array (for tools and tests).

@@ -39,7 +39,7 @@ use serde::de::{self, MapAccess, Visitor};
 use serde_saphyr::{MessageFormatter, Spanned};
 
 use crate::diag::Diagnostic;
-use crate::load::TextFile;
+use crate::source::TextFile;
 use crate::names::{EntityRef, Names};
 
 /// Longest request target (path and query) accepted, in bytes.
