@@ -93,7 +93,7 @@ fn bench(c: &mut Criterion) {
     );
 
     let started = Instant::now();
-    let index = search::SearchIndex::build(&snap.policies, &snap.entities);
+    let index = search::SearchIndex::build(&snap.policies, &snap.entities).unwrap();
     eprintln!(
         "of which the search index: {:.1?} ({} entities indexed)",
         started.elapsed(),

@@ -4,11 +4,24 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::str::FromStr;
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::http::HeaderName;
+
+use crate::decision_log::LogTarget;
 use crate::engine::{self, RequestInput};
+use crate::gateway::forward_auth::{ForwardAuthConfig, Unmatched};
+use crate::http::HttpConfig;
 use crate::load::{self, Paths};
 use crate::names::EntityRef;
+use crate::reload::WatchConfig;
+use crate::server::{LogFormat, ServerConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,33 +37,51 @@ pub struct Cli {
 /// Where the policies, schema and entities are (files or directories).
 #[derive(Debug, Clone, Args)]
 pub struct PathArgs {
-    /// Policies: a `.cedar` file or a directory of them.
-    #[arg(long, env = "ORGWARDEN_POLICIES", default_value = "policies")]
-    pub policies: PathBuf,
-    /// Schema: a `.cedarschema` / `.cedarschema.json` file or a directory.
-    #[arg(long, env = "ORGWARDEN_SCHEMA", default_value = "schema")]
-    pub schema: PathBuf,
-    /// Entities: a JSON file (an array of entities) or a directory of them.
-    #[arg(long, env = "ORGWARDEN_ENTITIES", default_value = "entities")]
-    pub entities: PathBuf,
+    /// Policies: a `.cedar` file or a directory of them [default: `policies`].
+    #[arg(long, env = "ORGWARDEN_POLICIES")]
+    pub policies: Option<PathBuf>,
+    /// Schema: a `.cedarschema` / `.cedarschema.json` file or a directory
+    /// [default: `schema`].
+    #[arg(long, env = "ORGWARDEN_SCHEMA")]
+    pub schema: Option<PathBuf>,
+    /// Entities: a JSON file (an array of entities) or a directory of them
+    /// [default: `entities`].
+    #[arg(long, env = "ORGWARDEN_ENTITIES")]
+    pub entities: Option<PathBuf>,
     /// Forward-auth routes: a `.yaml` file or a directory of them [default:
-    /// `routes`, when that directory exists].
+    /// `routes`, when that directory exists and the schema is the default
+    /// one; with `--schema`, only these].
     #[arg(long, env = "ORGWARDEN_ROUTES")]
     pub routes: Option<PathBuf>,
 }
 
 impl PathArgs {
+    /// The paths to load. Routes name the schema's actions and types, so the
+    /// default `routes` directory goes with the default schema only: a
+    /// model given with `--schema` never picks up routes written for another.
     pub fn paths(&self) -> Paths {
+        let defaults = Paths::default();
+        let routes = match (&self.routes, &self.schema) {
+            (Some(routes), _) => Some(routes.clone()),
+            (None, None) => crate::gateway::routes::default_path(),
+            (None, Some(_)) => None,
+        };
         Paths {
-            policies: self.policies.clone(),
-            schema: self.schema.clone(),
-            entities: self.entities.clone(),
-            routes: self
-                .routes
-                .clone()
-                .or_else(crate::gateway::routes::default_path),
+            policies: self.policies.clone().unwrap_or(defaults.policies),
+            schema: self.schema.clone().unwrap_or(defaults.schema),
+            entities: self.entities.clone().unwrap_or(defaults.entities),
+            routes,
         }
     }
+}
+
+/// A parser for an option whose values are `names`, each read by `T`'s
+/// `FromStr` (so that the library's enums need no clap).
+fn choice<T>(names: &'static [&'static str]) -> impl TypedValueParser<Value = T>
+where
+    T: FromStr<Err = String> + Clone + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(names).try_map(|s| s.parse::<T>())
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,7 +91,7 @@ pub enum Command {
     /// Decide one request and print the decision as JSON.
     Authorize(AuthorizeArgs),
     /// Run the HTTP sidecar.
-    Serve(crate::server::ServeArgs),
+    Serve(ServeArgs),
     /// Generate a large world of entities for benchmarks and scale tests.
     Gen(GenArgs),
     /// Run allow/deny matrices and cases (YAML) against the policies.
@@ -115,7 +146,7 @@ pub struct TestArgs {
     #[arg(value_name = "PATHS", default_value = "tests/matrices")]
     pub inputs: Vec<PathBuf>,
     /// How to print the report.
-    #[arg(long, value_enum, default_value_t = crate::matrix::Format::Pretty)]
+    #[arg(long, value_parser = choice::<crate::matrix::Format>(crate::matrix::Format::NAMES), default_value = "pretty")]
     pub format: crate::matrix::Format,
     /// Also list the policies that determined no decision and the actions no test exercises.
     #[arg(long)]
@@ -151,13 +182,106 @@ pub struct AuthorizeArgs {
     pub paths: PathArgs,
 }
 
+/// `orgwarden serve`'s options; [`ServeArgs::config`] turns them into the
+/// server's plain configuration.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub paths: PathArgs,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "ORGWARDEN_LISTEN", default_value = "127.0.0.1:8180")]
+    pub listen: SocketAddr,
+    /// Most requests in one batch.
+    #[arg(long, env = "ORGWARDEN_MAX_BATCH", default_value_t = 100)]
+    pub max_batch: usize,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "ORGWARDEN_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Most entities one request may bring.
+    #[arg(long, env = "ORGWARDEN_MAX_REQUEST_ENTITIES", default_value_t = 1000)]
+    pub max_request_entities: usize,
+    /// Time limit of one HTTP request, in milliseconds.
+    #[arg(long, env = "ORGWARDEN_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
+    pub request_timeout_ms: u64,
+    /// Entries in the decision cache; 0 turns it off.
+    #[arg(long, env = "ORGWARDEN_CACHE_SIZE", default_value_t = 100_000)]
+    pub cache_size: u64,
+    /// Where decision log lines go: `stdout`, `off`, or a file path.
+    #[arg(long, env = "ORGWARDEN_DECISION_LOG", default_value = "stdout")]
+    pub decision_log: LogTarget,
+    /// Log only denied decisions.
+    #[arg(long, env = "ORGWARDEN_DECISION_LOG_DENIES_ONLY")]
+    pub decision_log_denies_only: bool,
+    /// Bearer token for admin endpoints (`POST /v1/reload`); unset refuses them.
+    #[arg(long, env = "ORGWARDEN_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Base URL advertised by `/.well-known/authzen-configuration`.
+    #[arg(long, env = "ORGWARDEN_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// What `/v1/forward-auth` answers for a request that no route matches.
+    #[arg(
+        long,
+        env = "ORGWARDEN_FORWARD_AUTH_UNMATCHED",
+        value_parser = choice::<Unmatched>(Unmatched::NAMES),
+        default_value = "deny"
+    )]
+    pub forward_auth_unmatched: Unmatched,
+    /// Header, set by a trusted authenticator in front, that names the
+    /// principal of `/v1/forward-auth` requests (`User::"alice"`); when
+    /// unset, no such header is read.
+    #[arg(long, env = "ORGWARDEN_TRUSTED_PRINCIPAL_HEADER")]
+    pub trusted_principal_header: Option<HeaderName>,
+    /// Format of the server's own log on stderr (filter with RUST_LOG).
+    #[arg(
+        long,
+        env = "ORGWARDEN_LOG_FORMAT",
+        value_parser = choice::<LogFormat>(LogFormat::NAMES),
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    /// Quiet time after a file change before reloading, in milliseconds.
+    #[arg(long, env = "ORGWARDEN_RELOAD_DEBOUNCE_MS", default_value_t = 100)]
+    pub reload_debounce_ms: u64,
+    /// Do not watch the files; reload only on SIGHUP or `POST /v1/reload`.
+    #[arg(long, env = "ORGWARDEN_NO_WATCH")]
+    pub no_watch: bool,
+}
+
+impl ServeArgs {
+    pub fn config(&self) -> ServerConfig {
+        ServerConfig {
+            paths: self.paths.paths(),
+            listen: self.listen,
+            http: HttpConfig {
+                max_body_bytes: self.max_body_bytes,
+                max_batch: self.max_batch,
+                max_request_entities: self.max_request_entities,
+                request_timeout: Duration::from_millis(self.request_timeout_ms),
+                admin_token: self.admin_token.clone(),
+                public_url: self.public_url.clone(),
+                forward_auth: ForwardAuthConfig {
+                    unmatched: self.forward_auth_unmatched,
+                    trusted_principal_header: self.trusted_principal_header.clone(),
+                },
+            },
+            cache_size: self.cache_size,
+            decision_log: self.decision_log.clone(),
+            decision_log_denies_only: self.decision_log_denies_only,
+            log_format: self.log_format,
+            watch: (!self.no_watch).then(|| WatchConfig {
+                debounce: Duration::from_millis(self.reload_debounce_ms),
+            }),
+        }
+    }
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check(args) => check(&args),
         Command::Authorize(args) => authorize(&args),
-        Command::Serve(args) => crate::server::run(args),
+        Command::Serve(args) => crate::server::run(args.config()),
         Command::Gen(args) => generate(&args),
         Command::Test(args) => test(&args),
         Command::Verify(args) => verify(&args),
@@ -333,7 +457,7 @@ pub struct SolverArgs {
     #[arg(long, default_value_t = crate::symbolic::DEFAULT_TIMEOUT_MS)]
     pub timeout_ms: u64,
     /// How to print the report.
-    #[arg(long, value_enum, default_value_t = crate::verify::Format::Text)]
+    #[arg(long, value_parser = choice::<crate::verify::Format>(crate::verify::Format::NAMES), default_value = "text")]
     pub format: crate::verify::Format,
 }
 

@@ -94,10 +94,16 @@ impl DecisionLog {
         self.sender.is_some()
     }
 
+    /// Would a decision of this kind be logged? (Lets the caller skip
+    /// building a record the log would drop.)
+    pub fn wants(&self, decision: crate::engine::Decision) -> bool {
+        self.sender.is_some() && !(self.denies_only && decision == crate::engine::Decision::Allow)
+    }
+
     /// Record a decision (a no-op when off, or for allows when denies only).
     pub fn record(&self, record: DecisionRecord) {
         let Some(sender) = &self.sender else { return };
-        if self.denies_only && record.decision == crate::engine::Decision::Allow {
+        if !self.wants(record.decision) {
             return;
         }
         if sender.send(record).is_err() {

@@ -134,6 +134,16 @@ fn required<'a>(field: &str, v: &'a Option<EntityRef>) -> Result<&'a EntityRef, 
 
 /// Validate a wire request against the snapshot's schema.
 pub fn prepare(snap: &Snapshot, input: &RequestInput) -> Result<Query, RequestError> {
+    prepare_with_context_text(snap, input, None)
+}
+
+/// [`prepare`], given the JSON text of the request's context when the
+/// caller already wrote it (the decision cache's key holds it).
+pub fn prepare_with_context_text(
+    snap: &Snapshot,
+    input: &RequestInput,
+    context_text: Option<&str>,
+) -> Result<Query, RequestError> {
     let principal = snap
         .names
         .resolve_entity(required("principal", &input.principal)?)
@@ -160,7 +170,7 @@ pub fn prepare(snap: &Snapshot, input: &RequestInput) -> Result<Query, RequestEr
         }
         (None, None) => Facts::Loaded,
     };
-    let context = context_for(snap, &action, input.context.as_ref())?;
+    let context = typed_context(snap, &action, input.context.as_ref(), context_text)?;
     let query = query_with_context(snap, principal, action, resource, context)?;
     Ok(Query { facts, ..query })
 }
@@ -176,6 +186,16 @@ pub fn context_for(
     action: &EntityUid,
     json: Option<&serde_json::Value>,
 ) -> Result<Context, RequestError> {
+    typed_context(snap, action, json, None)
+}
+
+/// [`context_for`]; `text`, when given, is `json` written as JSON text.
+fn typed_context(
+    snap: &Snapshot,
+    action: &EntityUid,
+    json: Option<&serde_json::Value>,
+    text: Option<&str>,
+) -> Result<Context, RequestError> {
     let json = json.unwrap_or(&EMPTY_OBJECT);
     if !json.is_object() {
         return Err(RequestError::new(
@@ -185,19 +205,19 @@ pub fn context_for(
         ));
     }
     let memo = snap.index.for_action(action).map(|ap| &ap.contexts);
-    let key = memo.and_then(|_| {
-        let text = json.to_string();
+    let key: Option<Cow<'_, str>> = memo.and_then(|_| {
+        let text = text.map_or_else(|| Cow::Owned(json.to_string()), Cow::Borrowed);
         (text.len() <= crate::index::CONTEXT_MEMO_MAX_KEY).then_some(text)
     });
     if let (Some(memo), Some(key)) = (memo, &key)
-        && let Some(context) = memo.get(key)
+        && let Some(context) = memo.get(key.as_ref())
     {
         return Ok(context);
     }
     let context = Context::from_json_value(json.clone(), Some((&snap.schema, action)))
         .map_err(|e| RequestError::new("invalid_context", "context", crate::diag::one_line(&e)))?;
     if let (Some(memo), Some(key)) = (memo, key) {
-        memo.insert(key, context.clone());
+        memo.insert(key.into_owned(), context.clone());
     }
     Ok(context)
 }

@@ -1,8 +1,26 @@
 //! orgwarden: an authorization sidecar deciding with Cedar policies.
 //!
-//! Data flows one way: files -> [`load`] -> [`snapshot::Snapshot`] ->
-//! [`engine`] -> the callers ([`cli`], [`http`] through [`pdp`]). Each module owns
-//! one thing and says so in its first lines.
+//! Data flows one way: a module imports only modules in its own layer's
+//! leaves or below it (`python3 tools/modcycles.py src`-style checks find no
+//! import cycle). From the bottom up:
+//!
+//! 1. source files and positions: [`diag`], [`source`], [`names`];
+//! 2. indexes and domain checks: [`index`], [`search_index`],
+//!    [`gateway::routes`], [`gateway::keys`], [`domain`];
+//! 3. snapshot and engine: [`snapshot`], [`load`] (files -> snapshot),
+//!    [`engine`] (snapshot + request -> decision);
+//! 4. clients of the engine: [`search`], [`matrix`], [`symbolic`],
+//!    [`verify`], [`diff`], [`gateway::forward_auth`] (a gateway's request
+//!    to what to decide), [`world`] (generated facts);
+//! 5. live state and the decision point: [`reload`], [`decision_log`],
+//!    [`metrics`], [`pdp`];
+//! 6. on top: [`http`] (wire formats and handlers), [`server`] (a plain
+//!    [`server::ServerConfig`] in, a running sidecar out) and [`cli`] (the
+//!    only module that knows clap).
+//!
+//! Each module owns one thing and says so in its first lines.
+
+#![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod diag;
@@ -15,6 +33,7 @@ pub mod load;
 pub mod matrix;
 pub mod names;
 pub mod search;
+pub mod search_index;
 pub mod snapshot;
 pub mod source;
 pub mod symbolic;

@@ -18,15 +18,15 @@
 //! difference to its entities, with the result of a full load.
 
 use std::collections::{HashMap, HashSet};
-use std::panic::{AssertUnwindSafe, resume_unwind};
+use std::panic::resume_unwind;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime};
 
 use cedar_policy::{
-    Entities, Entity, EntityUid, PolicyId, PolicySet, Schema, SchemaFragment, ValidationMode,
-    Validator,
+    Entities, Entity, EntityUid, PolicyId, PolicySet, PolicySetError, Schema, SchemaFragment,
+    ValidationMode, Validator,
 };
 use sha2::{Digest, Sha256};
 
@@ -35,11 +35,12 @@ use crate::domain;
 use crate::gateway::{self, KeyIndex, Routes};
 use crate::index::PolicyIndex;
 use crate::names::Names;
-pub use crate::source::{TextFile, locate_entity};
-use crate::source::locate_raw;
+use crate::search_index::SearchIndex;
 use crate::snapshot::{
     EntitySource, FileKind, ItemDigest, PolicyOrigin, Snapshot, SourceFile, is_action,
 };
+use crate::source::locate_raw;
+pub use crate::source::{TextFile, locate_entity};
 
 /// Where the inputs live. Each is a file or a directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,9 +302,7 @@ fn build_reusing(
             .as_ref()
             .map(|origin| s.spawn(|| domain::check(&entities, origin, entity_files)));
         let keys = s.spawn(|| KeyIndex::build(&entities));
-        let search = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            crate::search::SearchIndex::build(&policies, &entities)
-        }));
+        let search = SearchIndex::build(&policies, &entities);
         let found = match check {
             Some(check) => check.join().unwrap_or_else(|p| resume_unwind(p)),
             None => Vec::new(),
@@ -313,12 +312,18 @@ fn build_reusing(
     for d in found {
         diags.push(d);
     }
+    let search = search.unwrap_or_else(|e| {
+        diags.push(Diagnostic::plain(
+            None,
+            None,
+            format!("cannot index the entities: {e}"),
+        ));
+        SearchIndex::default()
+    });
     if diags.has_errors() {
         return Err(diags);
     }
-    // A panic while indexing facts that the checks accept is the caller's.
     let keys = keys.unwrap_or_else(|p| resume_unwind(p));
-    let search = search.unwrap_or_else(|p| resume_unwind(p));
     let index = PolicyIndex::build(&policies, &actions);
     let mut policy_literals: Vec<EntityUid> = policies
         .policies()
@@ -546,7 +551,11 @@ fn parse_policies(
                 ok = false;
                 continue;
             }
-            let _ = file_set.add_template(t.new_id(id));
+            let added = file_set.add_template(t.new_id(id.clone()));
+            let line = t
+                .annotation("id")
+                .and_then(|i| find_annotation_line(&f.text, i));
+            ok &= added_or_reported(added, &id, f, line, diags);
         }
         for p in parsed.policies() {
             let id = renamed(p.id(), p.annotation("id"));
@@ -554,7 +563,11 @@ fn parse_policies(
                 ok = false;
                 continue;
             }
-            let _ = file_set.add(p.new_id(id));
+            let added = file_set.add(p.new_id(id.clone()));
+            let line = p
+                .annotation("id")
+                .and_then(|i| find_annotation_line(&f.text, i));
+            ok &= added_or_reported(added, &id, f, line, diags);
         }
         offset += count;
         let result = validator.validate(&file_set, ValidationMode::Strict);
@@ -566,13 +579,39 @@ fn parse_policies(
             diags.push(Diagnostic::from_miette(&f.path, &f.text, w).warning());
         }
         for t in file_set.templates() {
-            let _ = all.add_template(t.clone());
+            let added = all.add_template(t.clone());
+            let line = origins.get(t.id()).and_then(|o| o.line);
+            ok &= added_or_reported(added, t.id(), f, line, diags);
         }
         for p in file_set.policies() {
-            let _ = all.add(p.clone());
+            let added = all.add(p.clone());
+            let line = origins.get(p.id()).and_then(|o| o.line);
+            ok &= added_or_reported(added, p.id(), f, line, diags);
         }
     }
     (ok.then_some(all), origins)
+}
+
+/// A policy that cannot be added to its set is a load error at its
+/// `file:line` (never a policy silently absent: a missing `forbid` would
+/// fail open). True when it was added.
+fn added_or_reported(
+    added: Result<(), PolicySetError>,
+    id: &PolicyId,
+    f: &TextFile,
+    line: Option<usize>,
+    diags: &mut Diagnostics,
+) -> bool {
+    let Err(e) = added else { return true };
+    diags.push(Diagnostic::plain(
+        Some(&f.path),
+        line.map(|l| (l, 1)),
+        format!(
+            "policy `{id}` cannot be added to the policy set: {}",
+            crate::diag::one_line(&e)
+        ),
+    ));
+    false
 }
 
 fn location(file: &Path, line: Option<usize>) -> String {
@@ -1100,5 +1139,42 @@ pub fn read_texts(root: &Path, kind: FileKind) -> Result<Vec<TextFile>, Diagnost
         Err(diags)
     } else {
         Ok(files)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_that_cannot_be_added_is_a_load_error_at_its_line() {
+        let text = "@id(\"only\")\npermit(principal, action, resource);\n";
+        let f = TextFile {
+            path: "p.cedar".into(),
+            text: text.into(),
+        };
+        let policy = PolicySet::from_str(text)
+            .unwrap()
+            .policies()
+            .next()
+            .unwrap()
+            .clone();
+        let id = PolicyId::new("only");
+        let line = find_annotation_line(text, "only");
+        let mut set = PolicySet::new();
+        let mut diags = Diagnostics::default();
+        let first = set.add(policy.new_id(id.clone()));
+        assert!(added_or_reported(first, &id, &f, line, &mut diags));
+        assert!(diags.0.is_empty());
+        let again = set.add(policy.new_id(id.clone()));
+        assert!(!added_or_reported(again, &id, &f, line, &mut diags));
+        let d = &diags.0[0];
+        assert_eq!(d.file.as_deref(), Some(std::path::Path::new("p.cedar")));
+        assert_eq!(d.line, Some(1));
+        assert!(
+            d.message.contains("`only` cannot be added"),
+            "{}",
+            d.message
+        );
     }
 }

@@ -1562,12 +1562,28 @@ pub fn render_junit(report: &Report, cov: Option<&Coverage>) -> String {
 // ---------------------------------------------------------------------------
 
 /// How to print the report.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Format {
     #[default]
     Pretty,
     Json,
     Junit,
+}
+
+impl Format {
+    pub const NAMES: &[&str] = &["pretty", "json", "junit"];
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pretty" => Ok(Format::Pretty),
+            "json" => Ok(Format::Json),
+            "junit" => Ok(Format::Junit),
+            _ => Err(format!("unknown value `{s}` ({})", Self::NAMES.join(", "))),
+        }
+    }
 }
 
 /// What `orgwarden test` was asked to do.

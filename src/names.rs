@@ -13,6 +13,11 @@ use std::str::FromStr;
 use cedar_policy::{EntityId, EntityTypeName, EntityUid, Schema};
 use serde::{Deserialize, Serialize};
 
+/// Is this the uid of an action?
+pub fn is_action(uid: &EntityUid) -> bool {
+    uid.type_name().basename() == "Action"
+}
+
 /// A reference as it arrives on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]

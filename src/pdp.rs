@@ -13,7 +13,9 @@ use moka::sync::Cache;
 use uuid::Uuid;
 
 use crate::decision_log::{DecisionLog, DecisionRecord};
-use crate::engine::{self, Outcome, RequestError, RequestInput};
+use cedar_policy::EntityUid;
+
+use crate::engine::{self, Outcome, Query, RequestError, RequestInput};
 use crate::metrics::{DecisionLabels, ErrorLabels, Metrics};
 use crate::names::EntityRef;
 use crate::reload::Live;
@@ -37,10 +39,20 @@ pub struct Entry {
     pub resource: String,
 }
 
+/// A cache key: the snapshot generation and the request, as written on
+/// the wire or as resolved uids.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct CacheKey {
-    generation: u64,
-    request: String,
+enum CacheKey {
+    Wire {
+        generation: u64,
+        request: String,
+    },
+    Resolved {
+        generation: u64,
+        principal: EntityUid,
+        action: EntityUid,
+        resource: EntityUid,
+    },
 }
 
 /// The server's decision point.
@@ -72,7 +84,61 @@ impl Pdp {
         api: &'static str,
     ) -> Result<Decided, RequestError> {
         let started = Instant::now();
-        let key = self.cache_key(snap, input);
+        let cacheable =
+            self.cache.is_some() && input.entities.is_none() && input.additional_entities.is_none();
+        // The key holds the context's JSON text: the engine reuses it
+        // rather than serializing the context a second time.
+        let key = cacheable.then(|| request_key(input));
+        let (key, context_text) = match key {
+            Some((request, at)) => {
+                let key = CacheKey::Wire {
+                    generation: snap.generation,
+                    request,
+                };
+                (Some(key), at)
+            }
+            None => (None, None),
+        };
+        self.decide_cached(snap, started, key, api, |key| {
+            let text = match (key, context_text) {
+                (Some(CacheKey::Wire { request, .. }), Some(at)) => Some(&request[at..]),
+                _ => None,
+            };
+            engine::prepare_with_context_text(snap, input, text)
+        })
+    }
+
+    /// Decide a request whose parts are already resolved (forward-auth's
+    /// route and principal), with an empty context, against `snap`.
+    pub fn authorize_uids(
+        &self,
+        snap: &Snapshot,
+        principal: EntityUid,
+        action: EntityUid,
+        resource: EntityUid,
+        api: &'static str,
+    ) -> Result<Decided, RequestError> {
+        let started = Instant::now();
+        let key = self.cache.is_some().then(|| CacheKey::Resolved {
+            generation: snap.generation,
+            principal: principal.clone(),
+            action: action.clone(),
+            resource: resource.clone(),
+        });
+        self.decide_cached(snap, started, key, api, |_| {
+            engine::build_query(snap, principal, action, resource, serde_json::json!({}))
+        })
+    }
+
+    /// The cache, the engine on a miss, metrics and the decision log.
+    fn decide_cached(
+        &self,
+        snap: &Snapshot,
+        started: Instant,
+        key: Option<CacheKey>,
+        api: &'static str,
+        prepare: impl FnOnce(Option<&CacheKey>) -> Result<Query, RequestError>,
+    ) -> Result<Decided, RequestError> {
         let cached = key.as_ref().and_then(|k| self.cache.as_ref()?.get(k));
         let (entry, hit) = match cached {
             Some(entry) => {
@@ -83,7 +149,7 @@ impl Pdp {
                 if key.is_some() {
                     self.metrics.cache_misses.inc();
                 }
-                let query = engine::prepare(snap, input).inspect_err(|e| {
+                let query = prepare(key.as_ref()).inspect_err(|e| {
                     self.metrics
                         .request_errors
                         .get_or_create(&ErrorLabels { code: e.code })
@@ -113,7 +179,7 @@ impl Pdp {
             })
             .inc();
         self.metrics.decision_seconds.observe(elapsed.as_secs_f64());
-        if self.log.enabled() {
+        if self.log.wants(entry.outcome.decision) {
             self.log.record(DecisionRecord {
                 decision_id: decision_id.to_string(),
                 timestamp: SystemTime::now(),
@@ -136,23 +202,12 @@ impl Pdp {
             entry,
         })
     }
-
-    /// Requests that bring their own entities are never cached.
-    fn cache_key(&self, snap: &Snapshot, input: &RequestInput) -> Option<CacheKey> {
-        self.cache.as_ref()?;
-        if input.entities.is_some() || input.additional_entities.is_some() {
-            return None;
-        }
-        Some(CacheKey {
-            generation: snap.generation,
-            request: request_key(input),
-        })
-    }
 }
 
 /// The decision-relevant parts of a request as one string, each part
-/// length-prefixed so that different requests never share a key.
-fn request_key(input: &RequestInput) -> String {
+/// length-prefixed so that different requests never share a key; with the
+/// offset of the context's JSON text in it, when there is a context.
+fn request_key(input: &RequestInput) -> (String, Option<usize>) {
     use std::fmt::Write;
     let mut key = String::with_capacity(128);
     for part in [&input.principal, &input.action, &input.resource] {
@@ -166,11 +221,13 @@ fn request_key(input: &RequestInput) -> String {
             }
         }
     }
+    let mut context_at = None;
     if let Some(context) = &input.context {
         key.push('c');
-        key.push_str(&context.to_string());
+        context_at = Some(key.len());
+        let _ = write!(key, "{context}");
     }
-    key
+    (key, context_at)
 }
 
 #[cfg(test)]
@@ -194,12 +251,13 @@ mod tests {
             json!({"action": "see_flows", "resource": "Workspace::\"w\""}),
             json!({"principal": "t3:abc", "action": "see_flows"}),
         ]
-        .map(|v| request_key(&input(v)));
+        .map(|v| request_key(&input(v)).0);
         let unique: std::collections::HashSet<_> = keys.iter().collect();
         assert_eq!(unique.len(), keys.len(), "{keys:#?}");
         let again = request_key(&input(
             json!({"principal": "User::\"a\"", "action": "see_flows", "resource": "Workspace::\"w\""}),
-        ));
+        ))
+        .0;
         assert_eq!(again, keys[0]);
     }
 }

@@ -96,7 +96,7 @@ pub struct Snapshot {
     /// API key digest -> principal, for bearer keys.
     pub keys: crate::gateway::KeyIndex,
     /// Relations of the facts and plans of the permit policies, for search.
-    pub search: crate::search::SearchIndex,
+    pub search: crate::search_index::SearchIndex,
 }
 
 impl Snapshot {
@@ -114,7 +114,4 @@ impl Snapshot {
     }
 }
 
-/// Is this the uid of an action?
-pub fn is_action(uid: &EntityUid) -> bool {
-    uid.type_name().basename() == "Action"
-}
+pub use crate::names::is_action;

@@ -852,10 +852,25 @@ pub fn render_json(report: &Report) -> Value {
 }
 
 /// Output formats of `verify` and `diff`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Text,
     Json,
+}
+
+impl Format {
+    pub const NAMES: &[&str] = &["text", "json"];
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(Format::Text),
+            "json" => Ok(Format::Json),
+            _ => Err(format!("unknown value `{s}` ({})", Self::NAMES.join(", "))),
+        }
+    }
 }
 
 /// The command: load, read the properties, check, report. Returns the exit code.

@@ -1,7 +1,7 @@
-//! The forward-auth endpoint: `/v1/forward-auth`, any method.
+//! The forward-auth contract: from a gateway's request to what to decide.
 //!
-//! One handler speaks three gateway contracts; which one a request uses is
-//! read from the request itself:
+//! One endpoint (`/v1/forward-auth`, any method) speaks three gateway
+//! contracts; which one a request uses is read from the request itself:
 //!
 //! * **Envoy** `ext_authz` (HTTP service, `path_prefix: /v1/forward-auth`):
 //!   the original method and path are the request's own, under the prefix
@@ -15,31 +15,18 @@
 //! so that a header a client smuggled through one kind of gateway can never
 //! choose the request that is authorized.
 //!
-//! The answer: **200** to allow, with `X-Orgwarden-Principal`
-//! (`Prefect::User::"alice"`) and `X-Orgwarden-Decision-Id` for the gateway
-//! to pass upstream; **401** with `WWW-Authenticate: Bearer` when the caller
-//! has no valid credentials; **403** when the policies deny, the route is
-//! unknown (unless configured otherwise), or the request cannot be read.
-//! Nothing but an Allow of the engine (or an unmatched route configured to
-//! pass) answers 200. The principal comes from the trusted header when one is
-//! configured and present, else from the bearer API key ([`super::keys`]);
-//! the request goes through [`crate::pdp::Pdp::authorize`] with api
-//! `forward_auth`, so it is cached, counted and logged like every decision.
-//! Neither the key nor the `Authorization` header is ever logged.
+//! [`map`] reads the contract, matches the route ([`super::routes`]) and
+//! resolves the principal: from the trusted header when one is configured
+//! and present, else from the bearer API key ([`super::keys`]). It decides
+//! nothing and holds no server state: the HTTP handler
+//! (`crate::http::forward_auth`) asks the decision point and writes the
+//! answer.
 
-use std::sync::Arc;
-
-use axum::extract::State;
-use axum::http::header::{CACHE_CONTROL, WWW_AUTHENTICATE};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
 use cedar_policy::EntityUid;
-use serde_json::json;
 
 use super::keys::{self, Credential};
-use super::routes;
-use crate::engine::RequestInput;
-use crate::http::App;
+use super::routes::{self, Matched};
 use crate::names::EntityRef;
 use crate::snapshot::Snapshot;
 
@@ -57,7 +44,7 @@ const TRAEFIK_URI: &str = "x-forwarded-uri";
 const TRAEFIK_METHOD: &str = "x-forwarded-method";
 
 /// What to answer for a request that no route matches.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Unmatched {
     /// 403 (401 without credentials).
     #[default]
@@ -65,6 +52,21 @@ pub enum Unmatched {
     /// 200, with the principal header when the caller is known: the
     /// upstream decides alone. Invalid credentials are still a 401.
     Allow,
+}
+
+impl Unmatched {
+    pub const NAMES: &[&str] = &["deny", "allow"];
+}
+
+impl std::str::FromStr for Unmatched {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "deny" => Ok(Unmatched::Deny),
+            "allow" => Ok(Unmatched::Allow),
+            _ => Err(format!("unknown value `{s}` ({})", Self::NAMES.join(", "))),
+        }
+    }
 }
 
 /// Options of the forward-auth endpoint.
@@ -78,17 +80,17 @@ pub struct ForwardAuthConfig {
 
 /// A refusal: its status, a stable code and a message for the caller.
 #[derive(Debug)]
-struct Refusal {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    decision_id: Option<String>,
+pub struct Refusal {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub decision_id: Option<String>,
     /// For a 401: was a credential given (and wrong)?
-    invalid_token: bool,
+    pub invalid_token: bool,
 }
 
 impl Refusal {
-    fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
         Refusal {
             status: StatusCode::FORBIDDEN,
             code,
@@ -98,7 +100,7 @@ impl Refusal {
         }
     }
 
-    fn unauthorized(invalid_token: bool, message: impl Into<String>) -> Self {
+    pub fn unauthorized(invalid_token: bool, message: impl Into<String>) -> Self {
         Refusal {
             status: StatusCode::UNAUTHORIZED,
             code: if invalid_token {
@@ -110,33 +112,6 @@ impl Refusal {
             decision_id: None,
             invalid_token,
         }
-    }
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        let mut body = json!({ "error": { "code": self.code, "message": self.message } });
-        if let Some(id) = &self.decision_id {
-            body["decision_id"] = json!(id);
-        }
-        let mut response = (self.status, axum::Json(body)).into_response();
-        let headers = response.headers_mut();
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if self.status == StatusCode::UNAUTHORIZED {
-            let challenge = if self.invalid_token {
-                r#"Bearer realm="orgwarden", error="invalid_token""#
-            } else {
-                r#"Bearer realm="orgwarden""#
-            };
-            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
-        }
-        if let Some(id) = self
-            .decision_id
-            .and_then(|id| HeaderValue::from_str(&id).ok())
-        {
-            headers.insert(DECISION_ID_HEADER, id);
-        }
-        response
     }
 }
 
@@ -211,11 +186,11 @@ fn original<'r>(
 /// The caller: from the trusted header when configured and present, else
 /// from the bearer key. `Ok(None)`: no credentials at all.
 fn principal(
-    app: &App,
+    config: &ForwardAuthConfig,
     snap: &Snapshot,
     headers: &HeaderMap,
 ) -> Result<Option<EntityUid>, Refusal> {
-    if let Some(name) = &app.config.forward_auth.trusted_principal_header
+    if let Some(name) = &config.trusted_principal_header
         && let Some(value) =
             single(headers, name.as_str()).map_err(|r| Refusal::unauthorized(true, r.message))?
     {
@@ -251,57 +226,35 @@ fn trusted_principal(snap: &Snapshot, value: &str) -> Result<EntityUid, Refusal>
     Ok(uid)
 }
 
-fn allow(principal: Option<&str>, decision_id: Option<String>) -> Result<Response, Refusal> {
-    let mut response = StatusCode::OK.into_response();
-    let headers = response.headers_mut();
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(p) = principal {
-        let value = HeaderValue::from_str(p).map_err(|_| {
-            Refusal::forbidden(
-                "invalid_principal",
-                "the principal cannot be written in a header",
-            )
-        })?;
-        headers.insert(PRINCIPAL_HEADER, value);
-    }
-    if let Some(id) = decision_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
-        headers.insert(DECISION_ID_HEADER, id);
-    }
-    Ok(response)
+/// What a forwarded request asks.
+#[derive(Debug)]
+pub enum Mapped<'s> {
+    /// No route matches and unmatched requests pass: the caller, when known.
+    Pass(Option<EntityUid>),
+    /// A route matched: decide `principal` on the route's action and resource.
+    Ask {
+        principal: EntityUid,
+        matched: Matched<'s>,
+    },
 }
 
-/// Decide one forwarded request against `snap`.
-pub fn decide(
-    app: &App,
-    snap: &Snapshot,
+/// Read one forwarded request (its contract, route and principal) against
+/// `snap`: what to decide, or why it is refused before any decision.
+pub fn map<'s>(
+    config: &ForwardAuthConfig,
+    snap: &'s Snapshot,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
-) -> Response {
-    match decide_inner(app, snap, method, uri, headers) {
-        Ok(r) => r,
-        Err(refusal) => refusal.into_response(),
-    }
-}
-
-fn decide_inner(
-    app: &App,
-    snap: &Snapshot,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-) -> Result<Response, Refusal> {
+) -> Result<Mapped<'s>, Refusal> {
     let (original_method, target) = original(method, uri, headers)?;
     let segments = routes::request_segments(target)
         .map_err(|e| Refusal::forbidden("invalid_path", e.to_string()))?;
-    let who = principal(app, snap, headers)?;
+    let who = principal(config, snap, headers)?;
     let Some(matched) = snap.routes.find(original_method, &segments) else {
         tracing::debug!(method = original_method, "forward-auth: no route matches");
-        return match (app.config.forward_auth.unmatched, &who) {
-            (Unmatched::Allow, who) => {
-                let shown = who.as_ref().map(ToString::to_string);
-                allow(shown.as_deref(), None)
-            }
+        return match (config.unmatched, who) {
+            (Unmatched::Allow, who) => Ok(Mapped::Pass(who)),
             (Unmatched::Deny, None) => Err(Refusal::unauthorized(false, "an API key is required")),
             (Unmatched::Deny, Some(_)) => Err(Refusal::forbidden(
                 "unmatched_route",
@@ -309,48 +262,8 @@ fn decide_inner(
             )),
         };
     };
-    let Some(who) = who else {
+    let Some(principal) = who else {
         return Err(Refusal::unauthorized(false, "an API key is required"));
     };
-    let input = RequestInput {
-        principal: Some(EntityRef::Object {
-            type_name: who.type_name().to_string(),
-            id: who.id().unescaped().to_string(),
-        }),
-        action: Some(matched.action()),
-        resource: Some(matched.resource()),
-        ..RequestInput::default()
-    };
-    let decided = app
-        .pdp
-        .authorize(snap, &input, "forward_auth")
-        .map_err(|e| {
-            tracing::warn!(
-                route = %matched.route.name(),
-                origin = %matched.route.origin,
-                error = %e,
-                "forward-auth: the route's request is invalid"
-            );
-            Refusal::forbidden("invalid_request", e.to_string())
-        })?;
-    let decision_id = decided.decision_id.to_string();
-    if decided.entry.outcome.allowed() {
-        allow(Some(&decided.entry.principal), Some(decision_id))
-    } else {
-        Err(Refusal {
-            decision_id: Some(decision_id),
-            ..Refusal::forbidden("forbidden", "denied by the policies")
-        })
-    }
-}
-
-/// `ANY /v1/forward-auth` and `ANY /v1/forward-auth/{*path}`.
-pub async fn forward_auth(
-    State(app): State<Arc<App>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let snap = app.pdp.live.snapshot();
-    decide(&app, &snap, &method, &uri, &headers)
+    Ok(Mapped::Ask { principal, matched })
 }

@@ -33,14 +33,14 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use cedar_policy::{EntityTypeName, EntityUid, Schema};
+use cedar_policy::{EntityId, EntityTypeName, EntityUid, Schema};
 use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor};
 use serde_saphyr::{MessageFormatter, Spanned};
 
 use crate::diag::Diagnostic;
-use crate::source::TextFile;
 use crate::names::{EntityRef, Names};
+use crate::source::TextFile;
 
 /// Longest request target (path and query) accepted, in bytes.
 pub const MAX_TARGET_BYTES: usize = 8192;
@@ -103,18 +103,12 @@ pub struct Matched<'r> {
 }
 
 impl Matched<'_> {
-    /// The resource as a request reference (type and id kept apart, so no
-    /// value of the path is ever parsed as Cedar syntax).
-    pub fn resource(&self) -> EntityRef {
-        EntityRef::Object {
-            type_name: self.route.resource_type.to_string(),
-            id: self.resource_id.clone(),
-        }
-    }
-
-    /// The action as a request reference.
-    pub fn action(&self) -> EntityRef {
-        EntityRef::Text(self.route.action.to_string())
+    /// The resource as a uid (the id taken as is, never parsed).
+    pub fn resource_uid(&self) -> EntityUid {
+        EntityUid::from_type_name_and_id(
+            self.route.resource_type.clone(),
+            EntityId::new(&self.resource_id),
+        )
     }
 }
 

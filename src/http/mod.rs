@@ -8,6 +8,7 @@
 pub mod authzen;
 pub mod cedar;
 pub mod error;
+pub mod forward_auth;
 pub mod ops;
 pub mod search;
 
@@ -25,7 +26,6 @@ use sha2::{Digest, Sha256};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::engine::RequestInput;
-use crate::gateway::forward_auth;
 use crate::pdp::Pdp;
 use error::ApiError;
 

@@ -12,8 +12,8 @@
 
 use cedar_policy::{Entities, EntityTypeName, EntityUid, EvalResult};
 
-use super::plan::{Link, RelOp, Req, Term, Var};
-use super::relations::{Relations, Target};
+use crate::search_index::plan::{Link, RelOp, Req, Term, Var};
+use crate::search_index::relations::{Relations, Target};
 
 /// Candidates of the unknown side.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -60,50 +60,24 @@
 
 mod candidates;
 pub mod explain;
-mod plan;
-pub mod relations;
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::UNIX_EPOCH;
 
-use cedar_policy::{
-    Context, Effect, Entities, EntityTypeName, EntityUid, PolicyId, PolicySet, Request,
-};
+use cedar_policy::{Context, Effect, EntityTypeName, EntityUid, PolicyId, Request};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::engine::{self, Facts, Outcome, Query, RequestError};
+use crate::search_index::plan::Var;
+pub use crate::search_index::{Relations, SearchIndex};
 use crate::snapshot::Snapshot;
 use candidates::{Cand, Ctx};
-use plan::{Req, Var};
-pub use relations::Relations;
 
 /// Results per page when the request does not say.
 pub const DEFAULT_LIMIT: usize = 100;
 /// Most results a page holds.
 pub const MAX_LIMIT: usize = 1000;
-
-/// The per-snapshot search index: the relations of the facts and the
-/// necessary condition of every permit policy.
-#[derive(Debug, Default)]
-pub struct SearchIndex {
-    pub relations: Relations,
-    plans: HashMap<PolicyId, Req>,
-}
-
-impl SearchIndex {
-    pub fn build(policies: &PolicySet, entities: &Entities) -> Self {
-        let plans = policies
-            .policies()
-            .filter(|p| p.effect() == Effect::Permit)
-            .map(|p| (p.id().clone(), plan::plan(p)))
-            .collect();
-        SearchIndex {
-            relations: Relations::build(entities),
-            plans,
-        }
-    }
-}
 
 /// How the candidates were found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -22,7 +22,7 @@ use std::ops::Range;
 
 use cedar_policy::{Entities, EntityTypeName, EntityUid, EvalResult};
 
-use crate::snapshot::is_action;
+use crate::names::is_action;
 
 /// A value the index can look up: an entity or a string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,8 +47,9 @@ pub struct Relations {
 }
 
 impl Relations {
-    /// Index every non-action entity of `entities`.
-    pub fn build(entities: &Entities) -> Self {
+    /// Index every non-action entity of `entities`. Fails when the facts
+    /// hold more entities, strings or attribute paths than a `u32` numbers.
+    pub fn build(entities: &Entities) -> Result<Self, String> {
         let mut keyed: Vec<(String, String, EntityUid)> = entities
             .iter()
             .map(|e| e.uid())
@@ -57,7 +58,7 @@ impl Relations {
             .collect();
         keyed.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         let mut rel = Relations {
-            stored: keyed.len() as u32,
+            stored: number(keyed.len(), "entities")?,
             ..Relations::default()
         };
         for (i, (_, _, uid)) in keyed.into_iter().enumerate() {
@@ -78,29 +79,34 @@ impl Relations {
             for (name, value) in entity.attrs() {
                 if let Ok(value) = value {
                     let mut path = vec![name.to_string()];
-                    rel.index_value(&mut path, &value, i);
+                    rel.index_value(&mut path, &value, i)?;
                 }
             }
             for (key, _) in entity.tags() {
-                let key = rel.intern_str(key);
+                let key = rel.intern_str(key)?;
                 rel.tag_holders.entry(key).or_default().push(i);
             }
             if let Some(ancestors) = entities.ancestors(&uid) {
                 let ancestors: Vec<EntityUid> = ancestors.cloned().collect();
                 for a in ancestors {
-                    let a = rel.intern_uid(&a);
+                    let a = rel.intern_uid(&a)?;
                     rel.descendants.entry(a).or_default().push(i);
                 }
             }
         }
-        rel
+        Ok(rel)
     }
 
-    fn index_value(&mut self, path: &mut Vec<String>, value: &EvalResult, holder: u32) {
+    fn index_value(
+        &mut self,
+        path: &mut Vec<String>,
+        value: &EvalResult,
+        holder: u32,
+    ) -> Result<(), String> {
         match value {
             EvalResult::EntityUid(_) | EvalResult::String(_) => {
-                let target = self.intern_value(value);
-                let key = self.intern_path(path);
+                let target = self.intern_value(value)?;
+                let key = self.intern_path(path)?;
                 let list = self.referrers.entry((key, target)).or_default();
                 if list.last() != Some(&holder) {
                     list.push(holder);
@@ -109,55 +115,56 @@ impl Relations {
             EvalResult::Set(items) => {
                 for item in items.iter() {
                     if matches!(item, EvalResult::EntityUid(_) | EvalResult::String(_)) {
-                        self.index_value(path, item, holder);
+                        self.index_value(path, item, holder)?;
                     }
                 }
             }
             EvalResult::Record(fields) => {
                 for (name, v) in fields.iter() {
                     path.push(name.clone());
-                    self.index_value(path, v, holder);
+                    self.index_value(path, v, holder)?;
                     path.pop();
                 }
             }
             _ => {}
         }
+        Ok(())
     }
 
-    fn intern_value(&mut self, value: &EvalResult) -> Target {
+    fn intern_value(&mut self, value: &EvalResult) -> Result<Target, String> {
         match value {
-            EvalResult::EntityUid(u) => Target::Entity(self.intern_uid(u)),
-            EvalResult::String(s) => Target::Str(self.intern_str(s)),
+            EvalResult::EntityUid(u) => Ok(Target::Entity(self.intern_uid(u)?)),
+            EvalResult::String(s) => Ok(Target::Str(self.intern_str(s)?)),
             _ => unreachable!("only entities and strings are indexed"),
         }
     }
 
-    fn intern_uid(&mut self, uid: &EntityUid) -> u32 {
+    fn intern_uid(&mut self, uid: &EntityUid) -> Result<u32, String> {
         if let Some(id) = self.ids.get(uid) {
-            return *id;
+            return Ok(*id);
         }
-        let id = self.uids.len() as u32;
+        let id = number(self.uids.len(), "entities")?;
         self.uids.push(uid.clone());
         self.ids.insert(uid.clone(), id);
-        id
+        Ok(id)
     }
 
-    fn intern_str(&mut self, s: &str) -> u32 {
+    fn intern_str(&mut self, s: &str) -> Result<u32, String> {
         if let Some(id) = self.strings.get(s) {
-            return *id;
+            return Ok(*id);
         }
-        let id = self.strings.len() as u32;
+        let id = number(self.strings.len(), "strings")?;
         self.strings.insert(s.to_string(), id);
-        id
+        Ok(id)
     }
 
-    fn intern_path(&mut self, path: &[String]) -> u32 {
+    fn intern_path(&mut self, path: &[String]) -> Result<u32, String> {
         if let Some(id) = self.paths.get(path) {
-            return *id;
+            return Ok(*id);
         }
-        let id = self.paths.len() as u32;
+        let id = number(self.paths.len(), "attribute paths")?;
         self.paths.insert(path.to_vec(), id);
-        id
+        Ok(id)
     }
 
     /// The number of a uid the facts mention.
@@ -246,6 +253,11 @@ impl Relations {
     }
 }
 
+/// The number of the `len`-th item of a kind, if a `u32` can hold it.
+fn number(len: usize, what: &str) -> Result<u32, String> {
+    u32::try_from(len).map_err(|_| format!("the search index holds at most {} {what}", u32::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,7 +283,7 @@ mod tests {
 
     #[test]
     fn numbers_types_in_order_and_indexes_references() {
-        let r = Relations::build(&store());
+        let r = Relations::build(&store()).unwrap();
         assert_eq!(r.stored(), 5);
         let d = r.of_type(&"D".parse().unwrap());
         let names: Vec<String> = d.clone().map(|i| r.uid(i).to_string()).collect();
