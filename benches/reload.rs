@@ -31,6 +31,10 @@ use std::time::{Duration, Instant};
 
 use orgwarden::world::{self, WorldSpec};
 
+#[path = "../tests/common/binary.rs"]
+mod binary;
+use binary::copy_dir;
+
 const FORBID: &str = "@id(\"bench-forbid\")\nforbid (principal == Prefect::User::\"bench-user\", action, resource);\n";
 const NOBODY: &str = "@id(\"bench-nobody\")\nforbid (principal == Prefect::User::\"bench-nobody\", action, resource);\n";
 
@@ -290,19 +294,6 @@ fn copy_model(root: &Path, dir: &Path, world: Option<&WorldSpec>) {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .unwrap()
@@ -328,43 +319,14 @@ fn cpu_model() -> String {
 
 /// Start the release binary on a free port; its address once it listens.
 fn serve(dir: &Path, debounce_ms: u64) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_orgwarden"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--decision-log", "off"])
-        .arg("--reload-debounce-ms")
-        .arg(debounce_ms.to_string())
-        .arg("--policies")
-        .arg(dir.join("policies"))
-        .arg("--schema")
-        .arg(dir.join("schema"))
-        .arg("--entities")
-        .arg(dir.join("entities"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Keep reading the log so that the server never blocks on a full pipe.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(at) = line.find("listening on http://") {
-                let addr = line[at + "listening on http://".len()..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                let _ = tx.send(addr);
-            }
-            if line.contains("ERROR") {
-                eprintln!("server: {line}");
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(600))
-        .expect("the server did not start");
-    (child, addr)
+    let debounce = debounce_ms.to_string();
+    let command = binary::serve_command(
+        &dir.join("policies"),
+        &dir.join("schema"),
+        &dir.join("entities"),
+        &["--reload-debounce-ms", &debounce],
+    );
+    binary::spawn_serve(command, Duration::from_secs(600))
 }
 
 /// A minimal HTTP/1.1 keep-alive client: one connection, no pool, so the

@@ -698,35 +698,12 @@ struct Binary {
 
 impl Binary {
     fn start(paths: &Paths, flags: &[&str]) -> Self {
-        use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_orgwarden"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--decision-log", "off"])
-            .args(flags)
-            .arg("--policies")
-            .arg(&paths.policies)
-            .arg("--schema")
-            .arg(&paths.schema)
-            .arg("--entities")
-            .arg(&paths.entities)
-            .env("RUST_LOG", "info")
-            .env_remove("ORGWARDEN_NO_WATCH")
-            .env_remove("ORGWARDEN_RELOAD_DEBOUNCE_MS")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("listening on ") {
-                    let addr = line[at + "listening on ".len()..].split_whitespace().next();
-                    let _ = tx.send(addr.unwrap_or_default().to_string());
-                }
-            }
-        });
-        let base = rx.recv_timeout(PATIENCE).expect("the server did not start");
-        Binary { child, base }
+        let command = serve_command(&paths.policies, &paths.schema, &paths.entities, flags);
+        let (child, addr) = spawn_serve(command, PATIENCE);
+        Binary {
+            child,
+            base: format!("http://{addr}"),
+        }
     }
 }
 

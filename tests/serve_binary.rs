@@ -3,10 +3,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use common::binary::{serve_command, spawn_serve};
 use common::copy_of_shipped;
 
 fn orgwarden() -> Command {
@@ -15,37 +15,9 @@ fn orgwarden() -> Command {
 
 /// Start `serve` on a free port; returns the child and its base URL.
 fn start(paths: &orgwarden::Paths) -> (Child, String) {
-    let mut child = orgwarden()
-        .args(["serve", "--listen", "127.0.0.1:0", "--decision-log", "off"])
-        .arg("--policies")
-        .arg(&paths.policies)
-        .arg("--schema")
-        .arg(&paths.schema)
-        .arg("--entities")
-        .arg(&paths.entities)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(at) = line.find("listening on http://") {
-                let addr: String = line[at + "listening on ".len()..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .to_string();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let base = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server did not start");
-    (child, base)
+    let command = serve_command(&paths.policies, &paths.schema, &paths.entities, &[]);
+    let (child, addr) = spawn_serve(command, Duration::from_secs(30));
+    (child, format!("http://{addr}"))
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -142,4 +114,124 @@ fn serves_reloads_on_sighup_and_stops_on_sigterm() {
     };
     assert!(status.success(), "{status:?}");
     drop(dir);
+}
+
+/// A GET over std, returning the JSON body.
+fn get(base: &str, path: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let host = base.strip_prefix("http://").unwrap();
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+}
+
+const OTHER_SCHEMA: &str =
+    "entity Person;\nentity Doc;\naction read appliesTo { principal: Person, resource: Doc };\n";
+
+/// A general Cedar model (not the shipped one) under `dir/model`, and the
+/// shipped `routes/` (written for the shipped schema) in `dir` itself.
+fn other_model_beside_routes(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let paths = [
+        model.join("policies.cedar"),
+        model.join("schema.cedarschema"),
+        model.join("entities.json"),
+    ];
+    std::fs::write(
+        &paths[0],
+        "permit(principal, action == Action::\"read\", resource);\n",
+    )
+    .unwrap();
+    std::fs::write(&paths[1], OTHER_SCHEMA).unwrap();
+    std::fs::write(
+        &paths[2],
+        r#"[{"uid": {"type": "Person", "id": "ann"}, "attrs": {}, "parents": []}]"#,
+    )
+    .unwrap();
+    common::copy_dir(&common::root().join("routes"), &dir.join("routes"));
+    paths
+}
+
+#[test]
+fn a_general_model_starts_from_a_directory_with_routes_for_another_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let [policies, schema, entities] = other_model_beside_routes(dir.path());
+    let mut command = serve_command(&policies, &schema, &entities, &[]);
+    command
+        .current_dir(dir.path())
+        .env_remove("ORGWARDEN_ROUTES");
+    let (mut child, addr) = spawn_serve(command, Duration::from_secs(30));
+    let base = format!("http://{addr}");
+    let body = serde_json::json!({"principal": "Person::\"ann\"", "action": "read", "resource": "Doc::\"d\""});
+    assert_eq!(
+        http_client::post(&format!("{base}/v1/is_authorized"), &body)["decision"],
+        "Allow"
+    );
+    let status = get(&base, "/v1/status");
+    assert_eq!(status["counts"]["routes"], 0, "{status}");
+    assert!(status["paths"]["routes"].is_null(), "{status}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn default_routes_go_with_the_default_schema_and_explicit_routes_always_load() {
+    // The shipped model and its routes, as in the project's root: the
+    // default routes are loaded with the default schema.
+    let (dir, _) = copy_of_shipped();
+    common::copy_dir(&common::root().join("routes"), &dir.path().join("routes"));
+    let check = |dir: &std::path::Path, args: &[&str]| {
+        let out = orgwarden()
+            .arg("check")
+            .args(args)
+            .current_dir(dir)
+            .env_remove("ORGWARDEN_ROUTES")
+            .env_remove("ORGWARDEN_SCHEMA")
+            .env_remove("ORGWARDEN_POLICIES")
+            .env_remove("ORGWARDEN_ENTITIES")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.code(), stdout, stderr)
+    };
+    let (code, stdout, stderr) = check(dir.path(), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stdout.contains(" 0 routes"), "{stdout}");
+    // Another schema given explicitly: the routes beside it are not its own.
+    let other = tempfile::tempdir().unwrap();
+    let [policies, schema, entities] = other_model_beside_routes(other.path());
+    let flags = |routes: Option<&str>| {
+        let mut v = vec![
+            "--policies".to_string(),
+            policies.display().to_string(),
+            "--schema".to_string(),
+            schema.display().to_string(),
+            "--entities".to_string(),
+            entities.display().to_string(),
+        ];
+        if let Some(r) = routes {
+            v.extend(["--routes".to_string(), r.to_string()]);
+        }
+        v
+    };
+    let args = flags(None);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, stdout, stderr) = check(other.path(), &args);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains(" 0 routes"), "{stdout}");
+    // Asked for explicitly, the routes are loaded and checked against the
+    // schema given: here they do not fit it, and the load says so.
+    let args = flags(Some("routes"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, stderr) = check(other.path(), &args);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("routes"), "{stderr}");
 }

@@ -3,7 +3,11 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+pub mod binary;
+
+pub use binary::copy_dir;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use orgwarden::Paths;
@@ -42,19 +46,6 @@ pub fn copy_of_shipped() -> (tempfile::TempDir, Paths) {
         routes: None,
     };
     (dir, paths)
-}
-
-pub fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// A server on 127.0.0.1 with a random port, stopped when dropped.
