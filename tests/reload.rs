@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::binary::{serve_command, spawn_serve};
 use common::{TestServer, copy_dir, copy_of_shipped, req};
 use orgwarden::Paths;
 use orgwarden::decision_log::{DecisionLog, LogTarget};
