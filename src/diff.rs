@@ -27,7 +27,7 @@ use crate::engine::{Decision, Outcome};
 use crate::load::{self, TextFile};
 use crate::snapshot::{FileKind, Snapshot};
 use crate::symbolic::{self, Pool, Question, Verdict, Witness, Worker};
-use crate::verify::Format;
+use crate::verify::{Format, print_report};
 
 /// Exit code when the two sets are equivalent.
 pub const EXIT_EQUIVALENT: u8 = 0;
@@ -348,16 +348,8 @@ pub fn execute(old: &Path, new: &Path, schema: &Path, format: Format, pool: &Poo
             return EXIT_ERROR;
         }
     };
-    let mut out = std::io::stdout().lock();
-    let written = match format {
-        Format::Text => render_text(&report, &mut out),
-        Format::Json => writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&render_json(&report)).unwrap_or_default()
-        ),
-    };
-    if written.is_err() {
+    let text = |out: &mut dyn Write| render_text(&report, out);
+    if !print_report(format, text, || render_json(&report)) {
         return EXIT_ERROR;
     }
     report.exit_code()
