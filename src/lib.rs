@@ -4,7 +4,7 @@
 //! leaves or below it (`python3 tools/modcycles.py src`-style checks find no
 //! import cycle). From the bottom up:
 //!
-//! 1. source files and positions: [`diag`], [`source`], [`names`];
+//! 1. source files and positions: [`diag`], [`source`], [`yaml`], [`names`];
 //! 2. indexes and domain checks: [`index`], [`search_index`],
 //!    [`gateway::routes`], [`gateway::keys`], [`domain`];
 //! 3. snapshot and engine: [`snapshot`], [`load`] (files -> snapshot),
@@ -39,6 +39,7 @@ pub mod source;
 pub mod symbolic;
 pub mod verify;
 pub mod world;
+pub mod yaml;
 
 pub mod decision_log;
 pub mod http;

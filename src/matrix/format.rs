@@ -9,9 +9,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use serde::de::{MapAccess, Visitor};
+
 use serde_json::Value;
-use serde_saphyr::{MessageFormatter, Spanned};
+use serde_saphyr::Spanned;
+
+use crate::yaml::{self, Pairs};
 
 use crate::engine::Decision;
 
@@ -126,30 +128,6 @@ pub struct CaseSpec {
     pub reasons: Option<Vec<Item<String>>>,
 }
 
-/// A mapping read in document order (serde maps have no order).
-#[derive(Debug)]
-struct Pairs<K, V>(Vec<(K, V)>);
-
-impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for Pairs<K, V> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct PairsVisitor<K, V>(std::marker::PhantomData<(K, V)>);
-        impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> Visitor<'de> for PairsVisitor<K, V> {
-            type Value = Pairs<K, V>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a mapping of principals to lists of decisions")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut pairs = Vec::new();
-                while let Some(pair) = map.next_entry()? {
-                    pairs.push(pair);
-                }
-                Ok(Pairs(pairs))
-            }
-        }
-        d.deserialize_map(PairsVisitor(std::marker::PhantomData))
-    }
-}
-
 /// The file as YAML. `K` is the type of a matrix row's key: a plain string
 /// in the first pass (so that error paths name the row), spanned in the
 /// second (so that the row's position is known).
@@ -236,16 +214,12 @@ fn field_path(path: &serde_path_to_error::Path) -> String {
 }
 
 fn yaml_error(path: &Path, e: &serde_saphyr::Error, field: String) -> FileError {
-    let message = serde_saphyr::DefaultMessageFormatter.format_message(e.without_snippet());
-    let message: String = message
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
     let pos = e
         .location()
-        .map(|l| pos_of(&l))
-        .filter(|p| p.line > 0 && p.column > 0);
-    FileError::new(path, pos, &field, message)
+        .as_ref()
+        .and_then(yaml::position)
+        .map(|(line, column)| Pos { line, column });
+    FileError::new(path, pos, &field, yaml::message(e))
 }
 
 fn parse_decision(

@@ -9,46 +9,22 @@ use std::path::Path;
 use cedar_policy::{EntityTypeName, Schema};
 use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor};
-use serde_saphyr::{MessageFormatter, Spanned};
+use serde_saphyr::Spanned;
 
 use super::*;
 use crate::diag::Diagnostic;
 use crate::names::{EntityRef, Names};
 use crate::source::TextFile;
+use crate::yaml::{self, Pairs};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
     prefix: Option<Spanned<String>>,
     resource: Option<Spanned<String>>,
-    routes: Entries,
-}
-
-/// The `routes` mapping, in file order, with the position of every key.
-#[derive(Debug, Default)]
-struct Entries(Vec<(Spanned<String>, Spanned<Target>)>);
-
-impl<'de> Deserialize<'de> for Entries {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Entries;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a mapping of `METHOD /path` to an action")
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Entries, E> {
-                Ok(Entries::default())
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries, A::Error> {
-                let mut out = Vec::new();
-                while let Some(entry) = map.next_entry()? {
-                    out.push(entry);
-                }
-                Ok(Entries(out))
-            }
-        }
-        d.deserialize_map(V)
-    }
+    /// In file order, with the position of every key.
+    #[serde(deserialize_with = "yaml::pairs_or_empty")]
+    routes: Pairs<Spanned<String>, Spanned<Target>>,
 }
 
 /// What a route maps to: an action (on the file's resource), or both.
@@ -226,12 +202,6 @@ fn parse_method(word: &str) -> Result<MethodMatch, String> {
     ))
 }
 
-fn pos(l: &serde_saphyr::Location) -> Option<(usize, usize)> {
-    let line = usize::try_from(l.line()).ok()?;
-    let column = usize::try_from(l.column()).ok()?;
-    (line > 0 && column > 0).then_some((line, column))
-}
-
 /// A field path segment for a route key: `routes."GET /x"`.
 fn route_field(key: &str) -> String {
     format!(
@@ -267,16 +237,8 @@ impl Compiler<'_> {
         let raw: RawFile = match serde_saphyr::from_str(&f.text) {
             Ok(r) => r,
             Err(e) => {
-                let message =
-                    serde_saphyr::DefaultMessageFormatter.format_message(e.without_snippet());
-                let message: String = message
-                    .split(", set DuplicateKeyPolicy")
-                    .next()
-                    .unwrap_or_default()
-                    .chars()
-                    .map(|c| if c.is_control() { ' ' } else { c })
-                    .collect();
-                let at = e.location().as_ref().and_then(pos);
+                let message = yaml::message(&e);
+                let at = e.location().as_ref().and_then(yaml::position);
                 self.diags.push(Diagnostic::plain(
                     Some(&f.path),
                     at,
@@ -289,7 +251,7 @@ impl Compiler<'_> {
             Some(p) => match parse_template(&p.value) {
                 Ok(segments) => segments,
                 Err(message) => {
-                    self.error(&f.path, pos(&p.referenced), "prefix", message);
+                    self.error(&f.path, yaml::position(&p.referenced), "prefix", message);
                     return;
                 }
             },
@@ -315,7 +277,7 @@ impl Compiler<'_> {
         target: Spanned<Target>,
     ) {
         let field = route_field(&key.value);
-        let key_at = pos(&key.referenced);
+        let key_at = yaml::position(&key.referenced);
         let Some((method, path)) = key.value.trim().split_once(char::is_whitespace) else {
             self.error(
                 &f.path,
@@ -356,10 +318,14 @@ impl Compiler<'_> {
             })
             .collect();
         let (action_text, action_at, resource) = match &target.value {
-            Target::Action(a) => (a.clone(), pos(&target.referenced), default_resource),
+            Target::Action(a) => (
+                a.clone(),
+                yaml::position(&target.referenced),
+                default_resource,
+            ),
             Target::Rule(rule) => (
                 rule.action.value.clone(),
-                pos(&rule.action.referenced).or(pos(&target.referenced)),
+                yaml::position(&rule.action.referenced).or(yaml::position(&target.referenced)),
                 rule.resource.as_ref().or(default_resource),
             ),
         };
@@ -384,7 +350,7 @@ impl Compiler<'_> {
             Target::Rule(r) if r.resource.is_some() => format!("{field}.resource"),
             _ => "resource".to_string(),
         };
-        let resource_at = pos(&resource.referenced);
+        let resource_at = yaml::position(&resource.referenced);
         let (type_text, resource_id) = match parse_resource(&resource.value, &params) {
             Ok(r) => r,
             Err(message) => {
