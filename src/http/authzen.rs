@@ -22,16 +22,33 @@ use crate::names::EntityRef;
 use crate::pdp::Decided;
 use crate::snapshot::Snapshot;
 
-/// A subject or resource.
+/// A subject or resource, as every AuthZEN endpoint writes it. `id` is
+/// required by an evaluation, and absent on the searched side of a search
+/// ([`super::search`]).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Entity {
     #[serde(rename = "type")]
     pub type_name: String,
-    pub id: String,
+    #[serde(default)]
+    pub id: Option<String>,
     #[serde(default)]
     pub properties: Option<Map<String, Value>>,
 }
 
+impl Entity {
+    /// The id, which `field` (`subject`, `resource`) must have.
+    pub fn required_id(&self, field: &str) -> Result<&str, ApiError> {
+        self.id.as_deref().ok_or_else(|| {
+            ApiError::bad_request(
+                "missing_field",
+                format!("{field}.id"),
+                format!("`{field}.id` is required"),
+            )
+        })
+    }
+}
+
+/// An action, as every AuthZEN endpoint writes it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Action {
     pub name: String,
@@ -90,6 +107,8 @@ pub fn to_input(snap: &Snapshot, e: &Evaluation) -> Result<RequestInput, ApiErro
     let subject = e.subject.as_ref().ok_or_else(|| missing("subject"))?;
     let action = e.action.as_ref().ok_or_else(|| missing("action"))?;
     let resource = e.resource.as_ref().ok_or_else(|| missing("resource"))?;
+    let subject_id = subject.required_id("subject")?;
+    let resource_id = resource.required_id("resource")?;
     if action.properties.as_ref().is_some_and(|p| !p.is_empty()) {
         return Err(ApiError::bad_request(
             "invalid_request",
@@ -98,11 +117,14 @@ pub fn to_input(snap: &Snapshot, e: &Evaluation) -> Result<RequestInput, ApiErro
         ));
     }
     let mut overlays = Vec::new();
-    for (field, entity) in [("subject", subject), ("resource", resource)] {
+    for (field, entity, id) in [
+        ("subject", subject, subject_id),
+        ("resource", resource, resource_id),
+    ] {
         if let Some(props) = entity.properties.as_ref().filter(|p| !p.is_empty()) {
             let reference = EntityRef::Object {
                 type_name: entity.type_name.clone(),
-                id: entity.id.clone(),
+                id: id.to_string(),
             };
             let uid = snap.names.resolve_entity(&reference).map_err(|e| {
                 ApiError::bad_request("unknown_type", format!("{field}.type"), e.to_string())
@@ -127,12 +149,12 @@ pub fn to_input(snap: &Snapshot, e: &Evaluation) -> Result<RequestInput, ApiErro
     Ok(RequestInput {
         principal: Some(EntityRef::Object {
             type_name: subject.type_name.clone(),
-            id: subject.id.clone(),
+            id: subject_id.to_string(),
         }),
         action: Some(EntityRef::Text(action.name.clone())),
         resource: Some(EntityRef::Object {
             type_name: resource.type_name.clone(),
-            id: resource.id.clone(),
+            id: resource_id.to_string(),
         }),
         context: e.context.clone().map(Value::Object),
         entities: None,

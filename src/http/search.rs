@@ -29,28 +29,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::App;
+use super::authzen::{Action, Entity};
 use super::error::{ApiError, JsonBody};
 use crate::names::EntityRef;
 use crate::search::{self, Hit, Page, PageRequest, explain};
 use crate::snapshot::Snapshot;
-
-/// A subject or resource; `id` is absent on the searched side.
-#[derive(Debug, Clone, Deserialize)]
-pub struct SearchEntity {
-    #[serde(rename = "type")]
-    pub type_name: String,
-    #[serde(default)]
-    pub id: Option<String>,
-    #[serde(default)]
-    pub properties: Option<Map<String, Value>>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct SearchAction {
-    pub name: String,
-    #[serde(default)]
-    pub properties: Option<Map<String, Value>>,
-}
 
 /// `page` of a search request (`next_token` is accepted for `token`).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -64,9 +47,9 @@ pub struct PageIn {
 /// A subject or resource search.
 #[derive(Debug, Clone, Deserialize)]
 pub struct EntitySearch {
-    pub subject: SearchEntity,
-    pub action: SearchAction,
-    pub resource: SearchEntity,
+    pub subject: Entity,
+    pub action: Action,
+    pub resource: Entity,
     #[serde(default)]
     pub context: Option<Map<String, Value>>,
     #[serde(default)]
@@ -75,8 +58,8 @@ pub struct EntitySearch {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ActionSearch {
-    pub subject: SearchEntity,
-    pub resource: SearchEntity,
+    pub subject: Entity,
+    pub resource: Entity,
     #[serde(default)]
     pub context: Option<Map<String, Value>>,
     #[serde(default)]
@@ -100,20 +83,14 @@ fn resolve_type(snap: &Snapshot, field: &str, name: &str) -> Result<EntityTypeNa
         .map_err(|e| ApiError::bad_request("unknown_type", format!("{field}.type"), e.to_string()))
 }
 
-fn resolve_entity(snap: &Snapshot, field: &str, e: &SearchEntity) -> Result<EntityUid, ApiError> {
+fn resolve_entity(snap: &Snapshot, field: &str, e: &Entity) -> Result<EntityUid, ApiError> {
     no_properties(field, &e.properties)?;
     let ty = resolve_type(snap, field, &e.type_name)?;
-    let id = e.id.as_ref().ok_or_else(|| {
-        ApiError::bad_request(
-            "missing_field",
-            format!("{field}.id"),
-            format!("`{field}.id` is required"),
-        )
-    })?;
+    let id = e.required_id(field)?;
     Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
 }
 
-fn resolve_action(snap: &Snapshot, a: &SearchAction) -> Result<EntityUid, ApiError> {
+fn resolve_action(snap: &Snapshot, a: &Action) -> Result<EntityUid, ApiError> {
     no_properties("action", &a.properties)?;
     snap.names
         .resolve_action(&EntityRef::Text(a.name.clone()))
