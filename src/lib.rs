@@ -1,8 +1,8 @@
 //! orgwarden: an authorization sidecar deciding with Cedar policies.
 //!
-//! Data flows one way: a module imports only modules in its own layer's
-//! leaves or below it (`python3 tools/modcycles.py src`-style checks find no
-//! import cycle). From the bottom up:
+//! Data flows one way: a module imports only modules below it (within a
+//! layer, only those it is built on), so the import graph has no cycle.
+//! From the bottom up:
 //!
 //! 1. source files and positions: [`diag`], [`source`], [`yaml`], [`names`];
 //! 2. indexes and domain checks: [`index`], [`search_index`],

@@ -92,9 +92,9 @@ pub struct Snapshot {
     /// Number of non-action entities (counted once, at load).
     pub entity_total: usize,
     /// The forward-auth routes; empty when no routes path is configured.
-    pub routes: crate::gateway::Routes,
+    pub routes: crate::gateway::routes::Routes,
     /// API key digest -> principal, for bearer keys.
-    pub keys: crate::gateway::KeyIndex,
+    pub keys: crate::gateway::keys::KeyIndex,
     /// Relations of the facts and plans of the permit policies, for search.
     pub search: crate::search_index::SearchIndex,
 }

@@ -29,6 +29,7 @@ use cedar_policy::{
 use orgwarden::engine::{self, Outcome, RequestInput};
 use orgwarden::load::{self, Paths, TextFile};
 use orgwarden::names::EntityRef;
+use orgwarden::world::Rng;
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------
@@ -766,32 +767,28 @@ const DATETIMES: &[&str] = &[
 ];
 const DURATIONS: &[&str] = &["1h", "-2d", "1d2h3m4s5ms", "0ms", "9223372036854775807ms"];
 
-/// SplitMix64: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
+/// What the generators draw from the crate's seeded SplitMix64.
+trait Draw {
     /// True with probability `pct` percent.
+    fn pct(&mut self, pct: usize) -> bool;
+    /// One of `xs`, which is not empty.
+    fn one<T: Copy>(&mut self, xs: &[T]) -> T;
+    fn long(&mut self) -> i64;
+    fn subset(&mut self, xs: &[&str], pct: usize) -> Vec<String>;
+}
+
+impl Draw for Rng {
     fn pct(&mut self, pct: usize) -> bool {
         self.below(100) < pct
     }
-    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len())]
+    fn one<T: Copy>(&mut self, xs: &[T]) -> T {
+        *self.pick(xs).expect("a non-empty list")
     }
     fn long(&mut self) -> i64 {
         if self.pct(85) {
             self.below(13) as i64 - 3
         } else {
-            self.pick(&[
+            self.one(&[
                 i64::MAX,
                 i64::MIN,
                 1 << 62,
@@ -826,7 +823,7 @@ struct WorldGen<'a> {
 
 impl WorldGen<'_> {
     fn user_ref(&mut self) -> Value {
-        gen_ref("User", self.rng.pick(USERS))
+        gen_ref("User", self.rng.one(USERS))
     }
 
     /// Parents among `pool` (types and ids), each with probability `pct`.
@@ -838,13 +835,13 @@ impl WorldGen<'_> {
     }
 
     fn org(&mut self, id: &str) -> Value {
-        json!({"uid": gen_uid("Org", id), "attrs": {"name": self.rng.pick(NAMES), "level": self.rng.long()}, "parents": []})
+        json!({"uid": gen_uid("Org", id), "attrs": {"name": self.rng.one(NAMES), "level": self.rng.long()}, "parents": []})
     }
 
     /// Group `i`: parents among earlier groups, the orgs, and `gx`.
     fn group(&mut self, i: usize, parents: Option<Vec<Value>>) -> Value {
         let parents = parents.unwrap_or_else(|| self.group_parents(i));
-        let mut attrs = json!({"name": self.rng.pick(NAMES), "level": self.rng.long()});
+        let mut attrs = json!({"name": self.rng.one(NAMES), "level": self.rng.long()});
         if self.rng.pct(50) {
             attrs["quota"] = json!(self.rng.long());
         }
@@ -875,16 +872,16 @@ impl WorldGen<'_> {
         let parents = parents.unwrap_or_else(|| self.user_parents());
         let mut profile = json!({"score": self.rng.long()});
         if self.rng.pct(50) {
-            profile["nick"] = json!(self.rng.pick(NAMES));
+            profile["nick"] = json!(self.rng.one(NAMES));
         }
         let mut attrs = json!({
-            "name": self.rng.pick(NAMES),
+            "name": self.rng.one(NAMES),
             "level": self.rng.long(),
             "age": self.rng.long(),
             "roles": self.rng.subset(WORDS, 40),
-            "addr": ext("ip", self.rng.pick(IPS)),
-            "balance": ext("decimal", self.rng.pick(DECIMALS)),
-            "joined": ext("datetime", self.rng.pick(DATETIMES)),
+            "addr": ext("ip", self.rng.one(IPS)),
+            "balance": ext("decimal", self.rng.one(DECIMALS)),
+            "joined": ext("datetime", self.rng.one(DATETIMES)),
             "profile": profile,
             "friends": (0..self.rng.below(3)).map(|_| self.user_ref()).collect::<Vec<_>>(),
         });
@@ -909,7 +906,7 @@ impl WorldGen<'_> {
         let parents = self.parents(&pool, 50);
         json!({
             "uid": gen_uid("Bot", id),
-            "attrs": {"name": self.rng.pick(NAMES), "level": self.rng.long(), "owner": self.user_ref()},
+            "attrs": {"name": self.rng.one(NAMES), "level": self.rng.long(), "owner": self.user_ref()},
             "parents": parents,
             "tags": self.long_tags(),
         })
@@ -924,16 +921,16 @@ impl WorldGen<'_> {
     fn folder(&mut self, i: usize, parents: Option<Vec<Value>>) -> Value {
         let parents = parents.unwrap_or_else(|| self.folder_parents(i));
         let mut attrs = json!({
-            "name": self.rng.pick(NAMES),
+            "name": self.rng.one(NAMES),
             "level": self.rng.long(),
             "owner": self.user_ref(),
             "public": self.rng.pct(50),
         });
         if self.rng.pct(50) {
-            attrs["net"] = ext("ip", self.rng.pick(RANGES));
+            attrs["net"] = ext("ip", self.rng.one(RANGES));
         }
         if self.rng.pct(50) {
-            attrs["created"] = ext("datetime", self.rng.pick(DATETIMES));
+            attrs["created"] = ext("datetime", self.rng.one(DATETIMES));
         }
         json!({"uid": gen_uid("Folder", FOLDERS[i]), "attrs": attrs, "parents": parents})
     }
@@ -942,21 +939,21 @@ impl WorldGen<'_> {
         let pool: Vec<(&str, &str)> = FOLDERS.iter().map(|f| ("Folder", *f)).collect();
         let parents = self.parents(&pool, 35);
         let mut attrs = json!({
-            "name": self.rng.pick(NAMES),
+            "name": self.rng.one(NAMES),
             "level": self.rng.long(),
             "owner": self.user_ref(),
             "labels": self.rng.subset(WORDS, 40),
-            "limit": ext("decimal", self.rng.pick(DECIMALS)),
+            "limit": ext("decimal", self.rng.one(DECIMALS)),
             "size": self.rng.long(),
             "editors": (0..self.rng.below(3)).map(|_| self.user_ref()).collect::<Vec<_>>(),
         });
         if self.rng.pct(50) {
-            attrs["expires"] = ext("datetime", self.rng.pick(DATETIMES));
+            attrs["expires"] = ext("datetime", self.rng.one(DATETIMES));
         }
         let mut tags = serde_json::Map::new();
         for k in TAG_KEYS {
             if self.rng.pct(40) {
-                tags.insert(k.to_string(), json!(self.rng.pick(&["x", "y", "secret"])));
+                tags.insert(k.to_string(), json!(self.rng.one(&["x", "y", "secret"])));
             }
         }
         json!({"uid": gen_uid("Doc", id), "attrs": attrs, "parents": parents, "tags": tags})
@@ -988,9 +985,9 @@ impl WorldGen<'_> {
 
     fn context(&mut self) -> Value {
         let mut c = json!({
-            "ip": ext("ip", self.rng.pick(IPS)),
+            "ip": ext("ip", self.rng.one(IPS)),
             "n": self.rng.long(),
-            "now": ext("datetime", self.rng.pick(DATETIMES)),
+            "now": ext("datetime", self.rng.one(DATETIMES)),
             "words": self.rng.subset(WORDS, 40),
         });
         if self.rng.pct(50) {
@@ -1003,12 +1000,12 @@ impl WorldGen<'_> {
     }
 
     fn request(&mut self) -> Req {
-        let spec = self.rng.pick(ACTIONS);
+        let spec = self.rng.one(ACTIONS);
         let a = spec.id;
-        let pt = self.rng.pick(spec.principals);
-        let rt = self.rng.pick(spec.resources);
-        let pid = self.rng.pick(if pt == "User" { USERS } else { BOTS });
-        let rid = self.rng.pick(if rt == "Doc" { DOCS } else { FOLDERS });
+        let pt = self.rng.one(spec.principals);
+        let rt = self.rng.one(spec.resources);
+        let pid = self.rng.one(if pt == "User" { USERS } else { BOTS });
+        let rid = self.rng.one(if rt == "Doc" { DOCS } else { FOLDERS });
         Req {
             principal: EntityUid::from_str(&format!("Gen::{pt}::{pid:?}")).unwrap(),
             action: EntityUid::from_str(&format!("Gen::Action::{a:?}")).unwrap(),
@@ -1060,29 +1057,29 @@ impl PolicyGen<'_> {
         let (principal, ptypes): (String, Vec<&'static str>) = match self.rng.below(20) {
             0..=5 => ("principal".into(), vec!["User", "Bot"]),
             6..=8 => (
-                format!("principal == {}", lit("User", self.rng.pick(USERS))),
+                format!("principal == {}", lit("User", self.rng.one(USERS))),
                 vec!["User"],
             ),
             9 => (
-                format!("principal == {}", lit("Bot", self.rng.pick(BOTS))),
+                format!("principal == {}", lit("Bot", self.rng.one(BOTS))),
                 vec!["Bot"],
             ),
             10..=12 => (
                 format!(
                     "principal in {}",
-                    lit("Group", self.rng.pick(&["g0", "g1", "g2", "g3", "gx"]))
+                    lit("Group", self.rng.one(&["g0", "g1", "g2", "g3", "gx"]))
                 ),
                 vec!["User"],
             ),
             13..=14 => (
-                format!("principal in {}", lit("Org", self.rng.pick(ORGS))),
+                format!("principal in {}", lit("Org", self.rng.one(ORGS))),
                 vec!["User", "Bot"],
             ),
             15..=16 => ("principal is Gen::User".into(), vec!["User"]),
             17 => (
                 format!(
                     "principal is Gen::User in {}",
-                    lit("Group", self.rng.pick(GROUPS))
+                    lit("Group", self.rng.one(GROUPS))
                 ),
                 vec!["User"],
             ),
@@ -1092,14 +1089,14 @@ impl PolicyGen<'_> {
         let (action, matched): (String, Vec<&str>) = match self.rng.below(10) {
             0..=1 => ("action".into(), concrete.clone()),
             2..=4 => {
-                let a = self.rng.pick(&concrete);
+                let a = self.rng.one(&concrete);
                 (format!("action == {}", lit("Action", a)), vec![a])
             }
             5..=6 => {
                 let g = if self.rng.pct(70) {
-                    self.rng.pick(ACTION_GROUPS)
+                    self.rng.one(ACTION_GROUPS)
                 } else {
-                    self.rng.pick(&concrete)
+                    self.rng.one(&concrete)
                 };
                 (format!("action in {}", lit("Action", g)), vec![g])
             }
@@ -1107,9 +1104,9 @@ impl PolicyGen<'_> {
                 let mut names: Vec<&str> = Vec::new();
                 for _ in 0..1 + self.rng.below(3) {
                     let n = if self.rng.pct(50) {
-                        self.rng.pick(ACTION_GROUPS)
+                        self.rng.one(ACTION_GROUPS)
                     } else {
-                        self.rng.pick(&concrete)
+                        self.rng.one(&concrete)
                     };
                     if !names.contains(&n) {
                         names.push(n);
@@ -1122,34 +1119,34 @@ impl PolicyGen<'_> {
         let (resource, rtypes): (String, Vec<&'static str>) = match self.rng.below(20) {
             0..=5 => ("resource".into(), vec!["Doc", "Folder"]),
             6..=7 => (
-                format!("resource == {}", lit("Doc", self.rng.pick(DOCS))),
+                format!("resource == {}", lit("Doc", self.rng.one(DOCS))),
                 vec!["Doc"],
             ),
             8 => (
-                format!("resource == {}", lit("Folder", self.rng.pick(FOLDERS))),
+                format!("resource == {}", lit("Folder", self.rng.one(FOLDERS))),
                 vec!["Folder"],
             ),
             9..=12 => (
-                format!("resource in {}", lit("Folder", self.rng.pick(FOLDERS))),
+                format!("resource in {}", lit("Folder", self.rng.one(FOLDERS))),
                 vec!["Doc", "Folder"],
             ),
             13..=14 => ("resource is Gen::Doc".into(), vec!["Doc"]),
             15 => (
                 format!(
                     "resource is Gen::Folder in {}",
-                    lit("Org", self.rng.pick(ORGS))
+                    lit("Org", self.rng.one(ORGS))
                 ),
                 vec!["Folder"],
             ),
             16..=17 => (
                 format!(
                     "resource is Gen::Doc in {}",
-                    lit("Folder", self.rng.pick(FOLDERS))
+                    lit("Folder", self.rng.one(FOLDERS))
                 ),
                 vec!["Doc"],
             ),
             _ => (
-                format!("resource in {}", lit("Org", self.rng.pick(ORGS))),
+                format!("resource in {}", lit("Org", self.rng.one(ORGS))),
                 vec!["Doc", "Folder"],
             ),
         };
@@ -1176,7 +1173,7 @@ impl PolicyGen<'_> {
 
     /// An expression of type `User`.
     fn user(&mut self) -> String {
-        let mut o = vec![lit("User", self.rng.pick(USERS))];
+        let mut o = vec![lit("User", self.rng.one(USERS))];
         if !self.env.r.is_empty() {
             o.push("resource.owner".into());
             o.push("resource.owner".into());
@@ -1243,7 +1240,7 @@ impl PolicyGen<'_> {
     }
 
     fn string(&mut self) -> String {
-        let mut o = vec![format!("{:?}", self.rng.pick(NAMES))];
+        let mut o = vec![format!("{:?}", self.rng.one(NAMES))];
         if !self.env.p.is_empty() {
             o.push("principal.name".into());
         }
@@ -1272,8 +1269,8 @@ impl PolicyGen<'_> {
     fn ip(&mut self) -> String {
         let mut o = vec![
             "context.ip".to_string(),
-            format!("ip({:?})", self.rng.pick(IPS)),
-            format!("ip({:?})", self.rng.pick(RANGES)),
+            format!("ip({:?})", self.rng.one(IPS)),
+            format!("ip({:?})", self.rng.one(RANGES)),
         ];
         let u = self.user();
         o.push(format!("{u}.addr"));
@@ -1281,7 +1278,7 @@ impl PolicyGen<'_> {
     }
 
     fn decimal(&mut self) -> String {
-        let mut o = vec![format!("decimal({:?})", self.rng.pick(DECIMALS))];
+        let mut o = vec![format!("decimal({:?})", self.rng.one(DECIMALS))];
         let u = self.user();
         o.push(format!("{u}.balance"));
         if self.env.r_is("Doc") {
@@ -1293,7 +1290,7 @@ impl PolicyGen<'_> {
     fn datetime(&mut self) -> String {
         let mut o = vec![
             "context.now".to_string(),
-            format!("datetime({:?})", self.rng.pick(DATETIMES)),
+            format!("datetime({:?})", self.rng.one(DATETIMES)),
         ];
         let u = self.user();
         o.push(format!("{u}.joined"));
@@ -1307,7 +1304,7 @@ impl PolicyGen<'_> {
 
     fn duration(&mut self, depth: usize) -> String {
         if depth == 0 || self.rng.pct(60) {
-            return format!("duration({:?})", self.rng.pick(DURATIONS));
+            return format!("duration({:?})", self.rng.one(DURATIONS));
         }
         let (a, b) = (self.datetime(), self.datetime());
         if self.rng.pct(50) {
@@ -1318,7 +1315,7 @@ impl PolicyGen<'_> {
     }
 
     fn cmp(&mut self) -> &'static str {
-        self.rng.pick(&["<", "<=", ">", ">=", "==", "!="])
+        self.rng.one(&["<", "<=", ">", ">=", "==", "!="])
     }
 
     /// A Boolean condition.
@@ -1334,12 +1331,12 @@ impl PolicyGen<'_> {
         let d = depth.saturating_sub(1);
         let has_p = !self.env.p.is_empty();
         let has_r = !self.env.r.is_empty();
-        let k = self.rng.pick(&[
+        let k = self.rng.one(&[
             0, 1, 1, 2, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
         ]);
         let k = if depth == 0 && k >= 20 { k % 20 } else { k };
         Some(match k {
-            0 => self.rng.pick(&["true", "false"]).to_string(),
+            0 => self.rng.one(&["true", "false"]).to_string(),
             1 => {
                 let (a, op, b) = (self.long(d.min(2)), self.cmp(), self.long(d.min(2)));
                 format!("{a} {op} {b}")
@@ -1349,14 +1346,14 @@ impl PolicyGen<'_> {
                 match self.rng.below(3) {
                     0 => format!("{a} == {b}"),
                     1 => format!("{a} != {b}"),
-                    _ => format!("{a} like \"{}\"", self.rng.pick(PATTERNS)),
+                    _ => format!("{a} like \"{}\"", self.rng.one(PATTERNS)),
                 }
             }
             3 => {
                 // Membership: the principal (in a group only when it is a
                 // user) or a user expression, in a group or organization.
-                let group = lit("Group", self.rng.pick(&["g0", "g1", "g2", "g3", "gx"]));
-                let org = lit("Org", self.rng.pick(ORGS));
+                let group = lit("Group", self.rng.one(&["g0", "g1", "g2", "g3", "gx"]));
+                let org = lit("Org", self.rng.one(ORGS));
                 let (s, t) = if has_p && self.rng.pct(50) {
                     let t = if self.env.p_is("User") && self.rng.pct(60) {
                         group
@@ -1372,9 +1369,9 @@ impl PolicyGen<'_> {
             }
             4 if has_r => {
                 let t = if self.rng.pct(70) {
-                    lit("Folder", self.rng.pick(FOLDERS))
+                    lit("Folder", self.rng.one(FOLDERS))
                 } else {
-                    lit("Org", self.rng.pick(ORGS))
+                    lit("Org", self.rng.one(ORGS))
                 };
                 format!("resource in {t}")
             }
@@ -1384,14 +1381,14 @@ impl PolicyGen<'_> {
                     o.push("principal is Gen::User".to_string());
                     o.push(format!(
                         "principal is Gen::User in {}",
-                        lit("Org", self.rng.pick(ORGS))
+                        lit("Org", self.rng.one(ORGS))
                     ));
                 }
                 if has_r {
                     o.push("resource is Gen::Doc".to_string());
                     o.push(format!(
                         "resource is Gen::Folder in {}",
-                        lit("Folder", self.rng.pick(FOLDERS))
+                        lit("Folder", self.rng.one(FOLDERS))
                     ));
                 }
                 if o.is_empty() {
@@ -1443,7 +1440,7 @@ impl PolicyGen<'_> {
             }
             11 => {
                 let (a, b) = (self.decimal(), self.decimal());
-                let f = self.rng.pick(&[
+                let f = self.rng.one(&[
                     "lessThan",
                     "lessThanOrEqual",
                     "greaterThan",
@@ -1489,7 +1486,7 @@ impl PolicyGen<'_> {
                     ));
                     o.push(format!(
                         "(principal has manager && principal.manager in {})",
-                        lit("Group", self.rng.pick(GROUPS))
+                        lit("Group", self.rng.one(GROUPS))
                     ));
                 }
                 if has_r {
@@ -1521,7 +1518,7 @@ impl PolicyGen<'_> {
                 if let Some(u) = self.var_user() {
                     o.push(format!(
                         "({u}.profile has nick && {u}.profile.nick like \"{}\")",
-                        self.rng.pick(PATTERNS)
+                        self.rng.one(PATTERNS)
                     ));
                 }
                 self.choose(o)
@@ -1529,7 +1526,7 @@ impl PolicyGen<'_> {
             14 => {
                 // Tags behind `hasTag`.
                 let key = if self.rng.pct(70) {
-                    format!("{:?}", self.rng.pick(TAG_KEYS))
+                    format!("{:?}", self.rng.one(TAG_KEYS))
                 } else {
                     self.string()
                 };
@@ -1545,7 +1542,7 @@ impl PolicyGen<'_> {
                 if self.env.r_is("Doc") {
                     o.push(format!(
                         "(resource.hasTag({key}) && resource.getTag({key}) like \"{}\")",
-                        self.rng.pick(&["s*", "x", "*"])
+                        self.rng.one(&["s*", "x", "*"])
                     ));
                 }
                 if has_r {
@@ -1829,14 +1826,14 @@ fn gen_extra(rng: &mut Rng, world: &[Value]) -> Vec<Value> {
             1 => w.doc(DOCS[DOCS.len() - 1]),
             // A loaded user with new attributes and tags, same parents.
             2 => {
-                let id = w.rng.pick(&USERS[..USERS.len() - 1]);
+                let id = w.rng.one(&USERS[..USERS.len() - 1]);
                 let parents =
                     find("User", id).map(|e| e["parents"].as_array().cloned().unwrap_or_default());
                 w.user(id, parents)
             }
             // A loaded user re-parented.
             3 => {
-                let id = w.rng.pick(&USERS[..USERS.len() - 1]);
+                let id = w.rng.one(&USERS[..USERS.len() - 1]);
                 let mut e = find("User", id).expect("loaded user");
                 e["parents"] = Value::Array(w.user_parents());
                 e

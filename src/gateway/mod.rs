@@ -2,7 +2,7 @@
 //! API-key principals.
 //!
 //! A gateway in front of the platform's HTTP API asks `/v1/forward-auth`
-//! whether to let each request through ([`forward_auth`]). Three things turn
+//! whether to let each request through. Three things turn
 //! an HTTP request into an engine request:
 //!
 //! * [`routes`]: the routes files (`routes/*.yaml`) map a method and a path
@@ -13,9 +13,10 @@
 //! * [`keys`]: `Authorization: Bearer <api key>` names the user or service
 //!   account whose `apiKeyDigests` attribute holds the key's SHA-256 digest,
 //!   through an index built once per snapshot.
-//! * [`forward_auth`]: the handler, thin: it reads the gateway's contract,
-//!   matches the route, resolves the principal and asks
-//!   [`crate::pdp::Pdp::authorize`].
+//! * [`forward_auth`]: the gateway contracts: a forwarded request to the
+//!   route and the principal to decide. It holds no server state; the HTTP
+//!   handler (`crate::http::forward_auth`) asks [`crate::pdp::Pdp`] and
+//!   answers.
 //!
 //! `docs/gateway.md` shows tested nginx, Envoy and Traefik configurations.
 

@@ -36,7 +36,8 @@ use cedar_policy::EntityUid;
 
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::domain;
-use crate::gateway::{self, KeyIndex, Routes};
+use crate::gateway::keys::KeyIndex;
+use crate::gateway::routes::{self, Routes};
 use crate::index::PolicyIndex;
 use crate::names::Names;
 use crate::search_index::SearchIndex;
@@ -182,7 +183,7 @@ impl Inputs {
             &digests,
             reuse,
         )?;
-        snapshot.routes = gateway::routes::compile(&snapshot.names, &snapshot.schema, &self.routes)
+        snapshot.routes = routes::compile(&snapshot.names, &snapshot.schema, &self.routes)
             .map_err(|errors| {
                 let mut d = Diagnostics::default();
                 errors.into_iter().for_each(|e| d.push(e));
