@@ -49,9 +49,8 @@ enum CacheKey {
     },
     Resolved {
         generation: u64,
-        principal: EntityUid,
-        action: EntityUid,
-        resource: EntityUid,
+        /// Principal, action and resource.
+        uids: Box<[EntityUid; 3]>,
     },
 }
 
@@ -121,9 +120,7 @@ impl Pdp {
         let started = Instant::now();
         let key = self.cache.is_some().then(|| CacheKey::Resolved {
             generation: snap.generation,
-            principal: principal.clone(),
-            action: action.clone(),
-            resource: resource.clone(),
+            uids: Box::new([principal.clone(), action.clone(), resource.clone()]),
         });
         self.decide_cached(snap, started, key, api, |_| {
             engine::build_query(snap, principal, action, resource, serde_json::json!({}))

@@ -92,7 +92,7 @@ pub fn run(config: ServerConfig) -> ExitCode {
         }
     };
     // Reload when the files change, for as long as this function runs.
-    let _watch = config.watch.clone().and_then(|watch| {
+    let _watch = config.watch.and_then(|watch| {
         live.watch(watch)
             .inspect_err(|e| {
                 tracing::warn!(
