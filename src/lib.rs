@@ -4,7 +4,8 @@
 //! layer, only those it is built on), so the import graph has no cycle.
 //! From the bottom up:
 //!
-//! 1. source files and positions: [`diag`], [`source`], [`yaml`], [`names`];
+//! 1. source files and positions: [`diag`], [`source`], [`yaml`], [`words`],
+//!    [`names`];
 //! 2. indexes and domain checks: [`index`], [`search_index`],
 //!    [`gateway::routes`], [`gateway::keys`], [`domain`];
 //! 3. snapshot and engine: [`snapshot`], [`load`] (files -> snapshot),
@@ -38,6 +39,7 @@ pub mod snapshot;
 pub mod source;
 pub mod symbolic;
 pub mod verify;
+pub mod words;
 pub mod world;
 pub mod yaml;
 

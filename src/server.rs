@@ -24,20 +24,7 @@ pub enum LogFormat {
     Json,
 }
 
-impl LogFormat {
-    pub const NAMES: &[&str] = &["text", "json"];
-}
-
-impl std::str::FromStr for LogFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            _ => Err(format!("unknown log format `{s}` (text, json)")),
-        }
-    }
-}
+crate::words::words!(LogFormat { "text" => Text, "json" => Json });
 
 /// Everything `orgwarden serve` needs, as plain values.
 #[derive(Debug, Clone)]

@@ -54,20 +54,7 @@ pub enum Unmatched {
     Allow,
 }
 
-impl Unmatched {
-    pub const NAMES: &[&str] = &["deny", "allow"];
-}
-
-impl std::str::FromStr for Unmatched {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "deny" => Ok(Unmatched::Deny),
-            "allow" => Ok(Unmatched::Allow),
-            _ => Err(format!("unknown value `{s}` ({})", Self::NAMES.join(", "))),
-        }
-    }
-}
+crate::words::words!(Unmatched { "deny" => Deny, "allow" => Allow });
 
 /// Options of the forward-auth endpoint.
 #[derive(Debug, Clone, Default)]

@@ -60,21 +60,7 @@ pub enum Format {
     Junit,
 }
 
-impl Format {
-    pub const NAMES: &[&str] = &["pretty", "json", "junit"];
-}
-
-impl std::str::FromStr for Format {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "pretty" => Ok(Format::Pretty),
-            "json" => Ok(Format::Json),
-            "junit" => Ok(Format::Junit),
-            _ => Err(format!("unknown value `{s}` ({})", Self::NAMES.join(", "))),
-        }
-    }
-}
+crate::words::words!(Format { "pretty" => Pretty, "json" => Json, "junit" => Junit });
 
 /// What `orgwarden test` was asked to do.
 #[derive(Debug, Clone)]

@@ -108,20 +108,7 @@ pub enum Format {
     Json,
 }
 
-impl Format {
-    pub const NAMES: &[&str] = &["text", "json"];
-}
-
-impl std::str::FromStr for Format {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "text" => Ok(Format::Text),
-            "json" => Ok(Format::Json),
-            _ => Err(format!("unknown value `{s}` ({})", Self::NAMES.join(", "))),
-        }
-    }
-}
+crate::words::words!(Format { "text" => Text, "json" => Json });
 
 /// Print a report on stdout in `format`: `text` writes the text form,
 /// `json` builds the JSON one. False when stdout cannot be written.
