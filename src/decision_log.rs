@@ -137,3 +137,22 @@ fn write_loop(receiver: Receiver<DecisionRecord>, mut out: impl Write) {
     }
     let _ = out.flush();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Decision;
+
+    #[test]
+    fn a_record_is_wanted_only_when_it_would_be_written() {
+        let off = DecisionLog::start(&LogTarget::Off, false).unwrap();
+        assert!(!off.wants(Decision::Allow) && !off.wants(Decision::Deny));
+        let dir = tempfile::tempdir().unwrap();
+        let target = LogTarget::File(dir.path().join("decisions.log"));
+        let all = DecisionLog::start(&target, false).unwrap();
+        assert!(all.wants(Decision::Allow) && all.wants(Decision::Deny));
+        let denies = DecisionLog::start(&target, true).unwrap();
+        assert!(!denies.wants(Decision::Allow));
+        assert!(denies.wants(Decision::Deny));
+    }
+}

@@ -257,4 +257,18 @@ mod tests {
         .0;
         assert_eq!(again, keys[0]);
     }
+
+    #[test]
+    fn the_key_holds_the_context_text_the_engine_reuses() {
+        let with = input(
+            json!({"principal": "User::\"a\"", "action": "see_flows", "resource": "Workspace::\"w\"", "context": {"ip": "10.0.0.1", "n": [1, 2]}}),
+        );
+        let (key, at) = request_key(&with);
+        let context = with.context.as_ref().unwrap().to_string();
+        assert_eq!(&key[at.unwrap()..], context);
+        let without = input(
+            json!({"principal": "User::\"a\"", "action": "see_flows", "resource": "Workspace::\"w\""}),
+        );
+        assert_eq!(request_key(&without).1, None);
+    }
 }
