@@ -211,7 +211,12 @@ fn by_policy_count(c: &mut Criterion) {
             .map(|(q, _)| {
                 snap.index
                     .for_action(&q.action)
-                    .map(|ap| ap.for_request(&q.principal, &q.resource).policies().count())
+                    .map(|ap| {
+                        ap.sets_for(&q.principal, &q.resource, &snap.entities)
+                            .iter()
+                            .map(|s| s.policies().count())
+                            .sum()
+                    })
                     .unwrap_or(total)
             })
             .collect();

@@ -11,7 +11,6 @@
 //! facts, or, when the request brings entities of its own, against a small
 //! slice of the facts: never a copy of the whole store.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::LazyLock;
 
@@ -323,27 +322,78 @@ fn parse_replacement(snap: &Snapshot, value: &serde_json::Value) -> Result<Entit
 }
 
 /// Decide a prepared query.
+///
+/// The policy index ([`crate::index`]) hands out the disjoint sets of
+/// policies the request can match; each is evaluated by Cedar and the
+/// responses merged exactly as Cedar decides one set (see [`merge`]).
 pub fn decide(snap: &Snapshot, q: &Query) -> Outcome {
-    let (policies, literals) = match snap.index.for_action(&q.action) {
-        Some(ap) => (
-            ap.for_request(&q.principal, &q.resource),
-            ap.literals.as_slice(),
-        ),
-        None => (
-            Cow::Borrowed(&snap.policies),
-            snap.policy_literals.as_slice(),
-        ),
+    let ap = snap.index.for_action(&q.action);
+    let literals = match ap {
+        Some(ap) => ap.literals.as_slice(),
+        None => snap.policy_literals.as_slice(),
     };
-    let policies = policies.as_ref();
-    let response = match &q.facts {
-        Facts::Loaded => AUTHORIZER.is_authorized(&q.request, policies, &snap.entities),
-        Facts::Replaced(entities) => AUTHORIZER.is_authorized(&q.request, policies, entities),
+    let sliced;
+    let entities = match &q.facts {
+        Facts::Loaded => &snap.entities,
+        Facts::Replaced(entities) => entities,
         Facts::Additional(extra) => match slice(snap, q, literals, extra) {
-            Ok(entities) => AUTHORIZER.is_authorized(&q.request, policies, &entities),
+            Ok(entities) => {
+                sliced = entities;
+                &sliced
+            }
             Err(message) => return Outcome::deny_with_error(message),
         },
     };
-    outcome(&response)
+    let Some(ap) = ap else {
+        return outcome(&AUTHORIZER.is_authorized(&q.request, &snap.policies, entities));
+    };
+    match ap.sets_for(&q.principal, &q.resource, entities).as_slice() {
+        [] => Outcome {
+            decision: Decision::Deny,
+            reasons: Vec::new(),
+            errors: Vec::new(),
+        },
+        [one] => outcome(&AUTHORIZER.is_authorized(&q.request, one, entities)),
+        sets => merge(
+            sets.iter()
+                .map(|set| outcome(&AUTHORIZER.is_authorized(&q.request, set, entities))),
+        ),
+    }
+}
+
+/// The outcome of one policy set made of disjoint parts, from the outcomes
+/// of the parts. Cedar evaluates each policy on its own, so the union's
+/// satisfied forbids, satisfied permits and errors are those of the parts;
+/// a Deny with reasons is a satisfied forbid (Cedar's reasons for a Deny
+/// are the forbids that hold; a Deny without reasons means no policy held).
+/// So: any forbid -> Deny for the union of the forbids; else any permit ->
+/// Allow for the union of the permits; else Deny without reasons. Errors
+/// are always the union.
+pub fn merge(parts: impl IntoIterator<Item = Outcome>) -> Outcome {
+    let mut forbids: Vec<String> = Vec::new();
+    let mut permits: Vec<String> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    for part in parts {
+        match part.decision {
+            Decision::Deny => forbids.extend(part.reasons),
+            Decision::Allow => permits.extend(part.reasons),
+        }
+        errors.extend(part.errors);
+    }
+    errors.sort();
+    let (decision, mut reasons) = if !forbids.is_empty() {
+        (Decision::Deny, forbids)
+    } else if !permits.is_empty() {
+        (Decision::Allow, permits)
+    } else {
+        (Decision::Deny, Vec::new())
+    };
+    reasons.sort();
+    Outcome {
+        decision,
+        reasons,
+        errors,
+    }
 }
 
 /// A Cedar response as an [`Outcome`].

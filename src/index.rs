@@ -16,7 +16,6 @@
 //! every time, so a context seen before (most gateways send the same few)
 //! is reused instead of parsed again.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{
@@ -35,13 +34,16 @@ pub const CONTEXT_MEMO_MAX_KEY: usize = 1024;
 pub struct ActionPolicies {
     /// Every policy the action can match.
     pub policies: PolicySet,
-    /// The policies without `principal ==` or `resource ==` in their head.
+    /// The policies whose head names no entity (`principal`, `principal is
+    /// T`, and the same for `resource`): every request evaluates them.
     general: PolicySet,
-    /// `general` plus the policies whose head says `resource == uid`.
-    by_resource: HashMap<EntityUid, PolicySet>,
-    /// `general` plus the policies whose head says `principal == uid` (and
-    /// no `resource ==`).
-    by_principal: HashMap<EntityUid, PolicySet>,
+    /// Policies keyed by an entity their head names (one bucket each, in
+    /// this order of preference): `resource == X`, `principal == X`,
+    /// `resource in X`, `principal in X` (with or without `is T`).
+    resource_eq: HashMap<EntityUid, PolicySet>,
+    principal_eq: HashMap<EntityUid, PolicySet>,
+    resource_in: HashMap<EntityUid, PolicySet>,
+    principal_in: HashMap<EntityUid, PolicySet>,
     /// Entity literals of these policies (sorted, unique): a request-scoped
     /// slice of the facts includes them.
     pub literals: Vec<EntityUid>,
@@ -50,28 +52,57 @@ pub struct ActionPolicies {
     pub contexts: Cache<String, Context>,
 }
 
+/// Which bucket a policy's head puts it in.
+enum Key {
+    ResourceEq(EntityUid),
+    PrincipalEq(EntityUid),
+    ResourceIn(EntityUid),
+    PrincipalIn(EntityUid),
+    General,
+}
+
+fn key_of(policy: &Policy) -> Key {
+    match (policy.resource_constraint(), policy.principal_constraint()) {
+        (ResourceConstraint::Eq(r), _) => Key::ResourceEq(r),
+        (_, PrincipalConstraint::Eq(p)) => Key::PrincipalEq(p),
+        (ResourceConstraint::In(r) | ResourceConstraint::IsIn(_, r), _) => Key::ResourceIn(r),
+        (_, PrincipalConstraint::In(p) | PrincipalConstraint::IsIn(_, p)) => Key::PrincipalIn(p),
+        _ => Key::General,
+    }
+}
+
 impl ActionPolicies {
-    /// The policies a request of this action from `principal` on `resource`
-    /// can match: its general policies and those naming either entity.
-    pub fn for_request(&self, principal: &EntityUid, resource: &EntityUid) -> Cow<'_, PolicySet> {
-        match (
-            self.by_principal.get(principal),
-            self.by_resource.get(resource),
-        ) {
-            (None, None) => Cow::Borrowed(&self.general),
-            (Some(p), None) => Cow::Borrowed(p),
-            (None, Some(r)) => Cow::Borrowed(r),
-            (Some(p), Some(r)) => {
-                // Both name policies: the union (rare; built for this request).
-                let mut both = r.clone();
-                for policy in p.policies() {
-                    if both.policy(policy.id()).is_none() {
-                        both.add(policy.clone()).expect("ids checked");
-                    }
-                }
-                Cow::Owned(both)
+    /// The disjoint policy sets a request of this action from `principal`
+    /// on `resource` can match, decided against `entities`: the general
+    /// policies, those naming either entity with `==`, and those whose
+    /// `in X` head names the entity itself or one of its ancestors in
+    /// `entities` (a head `principal in X` is false for every other
+    /// principal, without an error). Empty sets are left out.
+    pub fn sets_for<'a>(
+        &'a self,
+        principal: &EntityUid,
+        resource: &EntityUid,
+        entities: &Entities,
+    ) -> Vec<&'a PolicySet> {
+        let mut sets: Vec<&PolicySet> = Vec::with_capacity(2);
+        if !self.general.is_empty() {
+            sets.push(&self.general);
+        }
+        sets.extend(self.resource_eq.get(resource));
+        sets.extend(self.principal_eq.get(principal));
+        for (map, uid) in [
+            (&self.resource_in, resource),
+            (&self.principal_in, principal),
+        ] {
+            if map.is_empty() {
+                continue;
+            }
+            sets.extend(map.get(uid));
+            if let Some(ancestors) = entities.ancestors(uid) {
+                sets.extend(ancestors.filter(|a| *a != uid).filter_map(|a| map.get(a)));
             }
         }
+        sets
     }
 }
 
@@ -92,11 +123,16 @@ impl PolicyIndex {
                 .ancestors(&uid)
                 .map(|a| a.collect())
                 .unwrap_or_default();
-            let mut set = PolicySet::new();
-            let mut literals = Vec::new();
-            let mut general = PolicySet::new();
-            let mut resource_keyed: HashMap<EntityUid, Vec<&Policy>> = HashMap::new();
-            let mut principal_keyed: HashMap<EntityUid, Vec<&Policy>> = HashMap::new();
+            let mut ap = ActionPolicies {
+                policies: PolicySet::new(),
+                general: PolicySet::new(),
+                resource_eq: HashMap::new(),
+                principal_eq: HashMap::new(),
+                resource_in: HashMap::new(),
+                principal_in: HashMap::new(),
+                literals: Vec::new(),
+                contexts: Cache::new(CONTEXT_MEMO_ENTRIES),
+            };
             for policy in policies.policies() {
                 let matches = match policy.action_constraint() {
                     ActionConstraint::Any => true,
@@ -105,50 +141,26 @@ impl PolicyIndex {
                         groups.iter().any(|g| *g == uid || ancestors.contains(g))
                     }
                 };
-                if matches {
-                    // Ids are unique in `policies`, so adding cannot fail.
-                    set.add(policy.clone()).expect("policy ids are unique");
-                    literals.extend(policy.entity_literals());
-                    match (policy.resource_constraint(), policy.principal_constraint()) {
-                        (ResourceConstraint::Eq(r), _) => {
-                            resource_keyed.entry(r).or_default().push(policy)
-                        }
-                        (_, PrincipalConstraint::Eq(p)) => {
-                            principal_keyed.entry(p).or_default().push(policy)
-                        }
-                        _ => {
-                            general.add(policy.clone()).expect("policy ids are unique");
-                        }
-                    }
+                if !matches {
+                    continue;
                 }
+                // Ids are unique in `policies`, so adding cannot fail.
+                ap.policies
+                    .add(policy.clone())
+                    .expect("policy ids are unique");
+                ap.literals.extend(policy.entity_literals());
+                let set = match key_of(policy) {
+                    Key::ResourceEq(r) => ap.resource_eq.entry(r).or_default(),
+                    Key::PrincipalEq(p) => ap.principal_eq.entry(p).or_default(),
+                    Key::ResourceIn(r) => ap.resource_in.entry(r).or_default(),
+                    Key::PrincipalIn(p) => ap.principal_in.entry(p).or_default(),
+                    Key::General => &mut ap.general,
+                };
+                set.add(policy.clone()).expect("policy ids are unique");
             }
-            let with_general = |keyed: HashMap<EntityUid, Vec<&Policy>>| {
-                keyed
-                    .into_iter()
-                    .map(|(uid, extra)| {
-                        let mut s = general.clone();
-                        for p in extra {
-                            s.add(p.clone()).expect("policy ids are unique");
-                        }
-                        (uid, s)
-                    })
-                    .collect()
-            };
-            let by_resource = with_general(resource_keyed);
-            let by_principal = with_general(principal_keyed);
-            literals.sort_by_key(|u| u.to_string());
-            literals.dedup();
-            by_action.insert(
-                uid,
-                ActionPolicies {
-                    policies: set,
-                    general,
-                    by_resource,
-                    by_principal,
-                    literals,
-                    contexts: Cache::new(CONTEXT_MEMO_ENTRIES),
-                },
-            );
+            ap.literals.sort_by_key(|u| u.to_string());
+            ap.literals.dedup();
+            by_action.insert(uid, ap);
         }
         PolicyIndex { by_action }
     }
@@ -159,7 +171,7 @@ impl PolicyIndex {
         self.by_action.get(action)
     }
 
-    /// How many policies a request for `action` evaluates.
+    /// How many policies a request for `action` evaluates at most.
     pub fn len_for(&self, action: &EntityUid) -> Option<usize> {
         self.for_action(action)
             .map(|s| s.policies.policies().count())
@@ -184,7 +196,7 @@ mod tests {
 
     #[test]
     fn requests_get_general_policies_plus_those_naming_their_entities() {
-        // policy0 .. policy5, in order.
+        // policy0 .. policy7, in order.
         let policies = PolicySet::from_str(
             r#"
             permit(principal, action == Action::"read", resource);
@@ -193,6 +205,8 @@ mod tests {
             forbid(principal, action == Action::"read", resource == Doc::"1");
             permit(principal == User::"alice", action, resource == Doc::"2");
             permit(principal, action == Action::"write", resource);
+            permit(principal is User in Group::"h", action, resource in Folder::"f");
+            permit(principal is User, action, resource is Doc);
             "#,
         )
         .unwrap();
@@ -204,32 +218,65 @@ mod tests {
             None,
         )
         .unwrap();
+        let facts = Entities::from_json_value(
+            serde_json::json!([
+                {"uid": {"type": "User", "id": "carl"}, "attrs": {}, "parents": [{"type": "Group", "id": "g"}]},
+                {"uid": {"type": "Group", "id": "g"}, "attrs": {}, "parents": [{"type": "Group", "id": "h"}]},
+                {"uid": {"type": "Doc", "id": "3"}, "attrs": {}, "parents": [{"type": "Folder", "id": "f"}]},
+            ]),
+            None,
+        )
+        .unwrap();
         let index = PolicyIndex::build(&policies, &actions);
         let read = index.for_action(&uid(r#"Action::"read""#)).unwrap();
-        assert_eq!(read.policies.policies().count(), 5);
-        let set = |p: &str, r: &str| ids(&read.for_request(&uid(p), &uid(r)));
-        assert_eq!(set(r#"User::"bob""#, r#"Doc::"9""#), ["policy0", "policy1"]);
+        assert_eq!(read.policies.policies().count(), 7);
+        let set = |p: &str, r: &str| {
+            let sets = read.sets_for(&uid(p), &uid(r), &facts);
+            let mut v: Vec<String> = sets.iter().flat_map(|s| ids(s)).collect();
+            let n = v.len();
+            v.sort();
+            v.dedup();
+            assert_eq!(v.len(), n, "the sets are disjoint");
+            v
+        };
+        assert_eq!(set(r#"User::"bob""#, r#"Doc::"9""#), ["policy0", "policy7"]);
         assert_eq!(
             set(r#"User::"alice""#, r#"Doc::"9""#),
-            ["policy0", "policy1", "policy2"]
+            ["policy0", "policy2", "policy7"]
         );
         assert_eq!(
             set(r#"User::"bob""#, r#"Doc::"1""#),
-            ["policy0", "policy1", "policy3"]
+            ["policy0", "policy3", "policy7"]
         );
         assert_eq!(
             set(r#"User::"bob""#, r#"Doc::"2""#),
-            ["policy0", "policy1", "policy4"]
+            ["policy0", "policy4", "policy7"]
         );
-        // Keyed by both sides: the union.
+        // Keyed by both sides: both sets.
         assert_eq!(
             set(r#"User::"alice""#, r#"Doc::"1""#),
-            ["policy0", "policy1", "policy2", "policy3"]
+            ["policy0", "policy2", "policy3", "policy7"]
+        );
+        // `in` heads through the entity itself and its ancestors: carl is in
+        // g and (through g) in h; Doc 3 is in folder f.
+        assert_eq!(
+            set(r#"User::"carl""#, r#"Doc::"9""#),
+            ["policy0", "policy1", "policy7"]
         );
         assert_eq!(
-            set(r#"User::"alice""#, r#"Doc::"2""#),
-            ["policy0", "policy1", "policy2", "policy4"]
+            set(r#"Group::"g""#, r#"Doc::"9""#),
+            ["policy0", "policy1", "policy7"]
         );
-        assert_eq!(index.len_for(&uid(r#"Action::"write""#)), Some(3));
+        assert_eq!(
+            set(r#"User::"carl""#, r#"Doc::"3""#),
+            ["policy0", "policy1", "policy6", "policy7"]
+        );
+        // Keyed by the resource side first: policy6 is looked up through
+        // Doc 3's folder, whoever asks.
+        assert_eq!(
+            set(r#"User::"bob""#, r#"Doc::"3""#),
+            ["policy0", "policy6", "policy7"]
+        );
+        assert_eq!(index.len_for(&uid(r#"Action::"write""#)), Some(5));
     }
 }
