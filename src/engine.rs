@@ -11,6 +11,7 @@
 //! facts, or, when the request brings entities of its own, against a small
 //! slice of the facts: never a copy of the whole store.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::LazyLock;
 
