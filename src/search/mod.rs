@@ -19,12 +19,17 @@
 //! 2. For each permit policy, `plan` derives at load time a *necessary*
 //!    condition: a formula of links (`x in y`, `x == y`, `y.contains(x)`,
 //!    `x.hasTag(k)`/`x.getTag(k)`, `x is T`) between terms that are a
-//!    variable followed by attribute accesses (`resource.org.admins`) or a
-//!    literal. The rules (and why each is necessary) are in `plan`'s doc;
-//!    anything else (context, `action`, arithmetic, extension calls,
-//!    negation, `unless`) counts as "no constraint".
-//! 3. At query time one side is known. A link that relates the unknown side
-//!    to the known one (or to a literal) is answered from the relation index
+//!    variable followed by attribute accesses (`resource.org.admins`), a
+//!    literal or the request's `action`. The rules (and why each is
+//!    necessary) are in `plan`'s doc; anything else (context, arithmetic,
+//!    extension calls, negation, `unless`) counts as "no constraint".
+//! 3. At query time one side is known, and so is the action: each action
+//!    is searched with its own value of `action`, so `action in
+//!    resource.defaultRole.grants` names the workspaces whose default role
+//!    lists the action or a group it is in (Cedar's `in` on the schema's
+//!    action hierarchy, read from the stored action entities). A link that
+//!    relates the unknown side to the known one (or to a literal) is
+//!    answered from the relation index
 //!    built once per snapshot ([`Relations`]): attribute references (any
 //!    path, through records, sets included), hierarchy (descendants, and
 //!    Cedar's own ancestor sets) and tag keys. A conjunction generates from
@@ -310,28 +315,34 @@ fn candidates(
     actions: &[&EntityUid],
     unknown_type: &EntityTypeName,
 ) -> Candidates {
-    let ctx = Ctx {
-        rel: &snap.search.relations,
-        entities: &snap.entities,
-        known_var,
-        known,
-        unknown_type,
-    };
-    let mut memo: HashMap<PolicyId, Cand> = HashMap::new();
+    // Candidates per policy, and per action for the policies whose
+    // condition reads the action.
+    let mut memo: HashMap<(PolicyId, Option<EntityUid>), Cand> = HashMap::new();
     let mut unindexed: BTreeSet<String> = BTreeSet::new();
     let mut by_action = Vec::with_capacity(actions.len());
     for action in actions {
+        let ctx = Ctx {
+            rel: &snap.search.relations,
+            entities: &snap.entities,
+            known_var,
+            known,
+            action,
+            unknown_type,
+        };
         let set = match snap.index.for_action(action) {
             Some(ap) => &ap.policies,
             None => &snap.policies,
         };
         let mut ids: Option<Vec<u32>> = Some(Vec::new());
         for policy in set.policies().filter(|p| p.effect() == Effect::Permit) {
-            let generated = memo.entry(policy.id().clone()).or_insert_with(|| {
-                match snap.search.plans.get(policy.id()) {
-                    Some(req) => ctx.generate(req),
-                    None => Cand::All,
-                }
+            let req = snap.search.plans.get(policy.id());
+            let key = (
+                policy.id().clone(),
+                req.filter(|r| r.reads_action()).map(|_| (*action).clone()),
+            );
+            let generated = memo.entry(key).or_insert_with(|| match req {
+                Some(req) => ctx.generate(req),
+                None => Cand::All,
             });
             match generated {
                 Cand::All => {
