@@ -607,7 +607,7 @@ fn authorize_exits_0_on_allow_2_on_deny_1_on_an_invalid_request() {
         json!({
             "decision": "Allow",
             "diagnostics": {
-                "reason": ["union-of-default-and-explicit/manage_deployments"],
+                "reason": ["union-of-default-and-explicit"],
                 "errors": [],
             },
         })

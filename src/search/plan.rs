@@ -520,20 +520,49 @@ mod tests {
     fn get_tag_needs_the_tag_even_under_in() {
         let req = planned(
             r#"permit(principal, action, resource)
-               when { principal.getTag(resource.key) in Scope::"x" };"#,
+               when { action in principal.getTag(resource.key).grants };"#,
         );
         let tag = Req::link(Link::Tag {
             holder: path(Var::Principal, &[]),
             key: path(Var::Resource, &["key"]),
         });
-        let role_in_scope = Req::link(Link::Rel {
+        let role_grants = Req::link(Link::Rel {
             op: RelOp::In,
-            sub: Term::Tag(
-                Box::new(path(Var::Principal, &[])),
-                Box::new(path(Var::Resource, &["key"])),
+            sub: Term::Action,
+            sup: Term::Attr(
+                Box::new(Term::Tag(
+                    Box::new(path(Var::Principal, &[])),
+                    Box::new(path(Var::Resource, &["key"])),
+                )),
+                vec!["grants".to_string()],
             ),
-            sup: Term::Entity(r#"Scope::"x""#.parse().unwrap()),
         });
-        assert_eq!(req, Req::And(vec![tag, role_in_scope]));
+        assert_eq!(req, Req::And(vec![tag, role_grants]));
+        assert!(req.reads_action());
+    }
+
+    #[test]
+    fn the_action_relates_to_attributes_of_variables_and_literals() {
+        let req = planned(
+            r#"permit(principal, action, resource)
+               when { action in resource.defaultRole.grants || action in Role::"c".grants };"#,
+        );
+        let default_role = Req::link(Link::Rel {
+            op: RelOp::In,
+            sub: Term::Action,
+            sup: path(Var::Resource, &["defaultRole", "grants"]),
+        });
+        let literal = Req::link(Link::Rel {
+            op: RelOp::In,
+            sub: Term::Action,
+            sup: Term::Attr(
+                Box::new(Term::Entity(r#"Role::"c""#.parse().unwrap())),
+                vec!["grants".to_string()],
+            ),
+        });
+        assert_eq!(req, Req::Or(vec![default_role, literal]));
+        assert!(req.reads_action());
+        assert!(!planned("permit(principal, action, resource) when { principal in resource.org };")
+            .reads_action());
     }
 }
