@@ -462,6 +462,14 @@ fn shipped_model_with_additional_entities_decides_as_plain_cedar() {
         })
     };
     let action_ref = |id: &str| json!({"__entity": {"type": "Prefect::Action", "id": id}});
+    let builtin = |id: &str, name: &str, grants: &[&str]| {
+        let grants: Vec<Value> = grants.iter().map(|a| action_ref(a)).collect();
+        json!({
+            "uid": {"type": "Prefect::Role", "id": id},
+            "attrs": {"name": name, "builtin": true, "grants": grants},
+            "parents": [],
+        })
+    };
     let acme = json!({"type": "Prefect::Organization", "id": "acme"});
     let acme_admins = json!({"type": "Prefect::OrgAdmins", "id": "acme-admins"});
     let scenarios: Vec<(&str, Vec<Value>)> = vec![
@@ -487,26 +495,12 @@ fn shipped_model_with_additional_entities_decides_as_plain_cedar() {
         ),
         (
             "a built-in role losing the scopes it inherited",
-            vec![json!({
-                "uid": {"type": "Prefect::Role", "id": "runner"},
-                "attrs": {"name": "Runner", "builtin": true, "grants": [
-                    action_ref("run_flows"),
-                    action_ref("run_deployments"),
-                ]},
-                "parents": [],
-            })],
+            vec![builtin("runner", "Runner", &["run_flows", "run_deployments"])],
         ),
         (
             // The weaker scopes follow through the schema's action groups.
             "a built-in role granting stronger scopes",
-            vec![json!({
-                "uid": {"type": "Prefect::Role", "id": "viewer"},
-                "attrs": {"name": "Viewer", "builtin": true, "grants": [
-                    action_ref("manage_flows"),
-                    action_ref("manage_events"),
-                ]},
-                "parents": [],
-            })],
+            vec![builtin("viewer", "Viewer", &["manage_flows", "manage_events"])],
         ),
         (
             "a new workspace with a new custom role",

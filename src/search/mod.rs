@@ -406,6 +406,23 @@ fn collect<T>(
     Ok((items, None))
 }
 
+/// The known side of a resource or subject search.
+#[derive(Debug, Clone, Copy)]
+enum Known<'a> {
+    Principal(&'a EntityUid),
+    Resource(&'a EntityUid),
+}
+
+impl<'a> Known<'a> {
+    /// The request's (principal, resource) with `other` on the unknown side.
+    fn pair(self, other: &'a EntityUid) -> (&'a EntityUid, &'a EntityUid) {
+        match self {
+            Known::Principal(p) => (p, other),
+            Known::Resource(r) => (other, r),
+        }
+    }
+}
+
 /// The resources of `resource_type` on which `principal` may perform `action`.
 pub fn resources(
     snap: &Snapshot,
@@ -415,59 +432,14 @@ pub fn resources(
     context: &serde_json::Value,
     page: &PageRequest,
 ) -> Result<Page<Hit>, RequestError> {
-    if !applies(snap, action, principal.type_name(), resource_type) {
-        return Err(not_applicable(
-            "resource.type",
-            action,
-            principal.type_name(),
-            resource_type,
-        ));
-    }
-    let probe =
-        EntityUid::from_type_name_and_id(resource_type.clone(), cedar_policy::EntityId::new(""));
-    engine::build_query(
+    search_unknown(
         snap,
-        principal.clone(),
-        action.clone(),
-        probe,
-        context.clone(),
-    )?;
-    let ctx_text = context.to_string();
-    let paging = paging(
-        snap,
+        Known::Principal(principal),
+        action,
+        resource_type,
+        context,
         page,
-        &[
-            "resource",
-            &principal.to_string(),
-            &action.to_string(),
-            &resource_type.to_string(),
-            &ctx_text,
-        ],
-    )?;
-    let Candidates {
-        all: cands,
-        strategy,
-        unindexed,
-        ..
-    } = candidates(snap, Var::Principal, principal, &[action], resource_type);
-    let rel = &snap.search.relations;
-    let mut asker = Asker::new(snap, context);
-    let (items, next_token) = collect(snap, &cands, &paging, |id| {
-        let uid = rel.uid(id);
-        let o = asker.decide(principal, action, uid)?;
-        Ok(o.allowed().then(|| Hit {
-            uid: uid.clone(),
-            policies: o.reasons,
-        }))
-    })?;
-    Ok(Page {
-        items,
-        next_token,
-        generation: snap.generation,
-        strategy,
-        candidates: cands.len(),
-        unindexed,
-    })
+    )
 }
 
 /// The principals of `principal_type` who may perform `action` on `resource`.
@@ -479,46 +451,83 @@ pub fn subjects(
     context: &serde_json::Value,
     page: &PageRequest,
 ) -> Result<Page<Hit>, RequestError> {
-    if !applies(snap, action, principal_type, resource.type_name()) {
+    search_unknown(
+        snap,
+        Known::Resource(resource),
+        action,
+        principal_type,
+        context,
+        page,
+    )
+}
+
+/// The entities of `unknown_type` that, on the side `known` leaves open,
+/// make `action` allowed.
+fn search_unknown(
+    snap: &Snapshot,
+    known: Known<'_>,
+    action: &EntityUid,
+    unknown_type: &EntityTypeName,
+    context: &serde_json::Value,
+    page: &PageRequest,
+) -> Result<Page<Hit>, RequestError> {
+    let probe =
+        EntityUid::from_type_name_and_id(unknown_type.clone(), cedar_policy::EntityId::new(""));
+    let (principal, resource) = known.pair(&probe);
+    if !applies(snap, action, principal.type_name(), resource.type_name()) {
+        let field = match known {
+            Known::Principal(_) => "resource.type",
+            Known::Resource(_) => "subject.type",
+        };
         return Err(not_applicable(
-            "subject.type",
+            field,
             action,
-            principal_type,
+            principal.type_name(),
             resource.type_name(),
         ));
     }
-    let probe =
-        EntityUid::from_type_name_and_id(principal_type.clone(), cedar_policy::EntityId::new(""));
     engine::build_query(
         snap,
-        probe,
+        principal.clone(),
         action.clone(),
         resource.clone(),
         context.clone(),
     )?;
     let ctx_text = context.to_string();
+    // The principal's (or its type's) and the resource's (or its type's) names.
+    let (tag, known_var, known_uid, p_name, r_name) = match known {
+        Known::Principal(p) => (
+            "resource",
+            Var::Principal,
+            p,
+            p.to_string(),
+            unknown_type.to_string(),
+        ),
+        Known::Resource(r) => (
+            "subject",
+            Var::Resource,
+            r,
+            unknown_type.to_string(),
+            r.to_string(),
+        ),
+    };
     let paging = paging(
         snap,
         page,
-        &[
-            "subject",
-            &principal_type.to_string(),
-            &action.to_string(),
-            &resource.to_string(),
-            &ctx_text,
-        ],
+        &[tag, &p_name, &action.to_string(), &r_name, &ctx_text],
     )?;
     let Candidates {
         all: cands,
         strategy,
         unindexed,
         ..
-    } = candidates(snap, Var::Resource, resource, &[action], principal_type);
+    } = candidates(snap, known_var, known_uid, &[action], unknown_type);
     let rel = &snap.search.relations;
     let mut asker = Asker::new(snap, context);
     let (items, next_token) = collect(snap, &cands, &paging, |id| {
         let uid = rel.uid(id);
-        let o = asker.decide(uid, action, resource)?;
+        let (principal, resource) = known.pair(uid);
+        let o = asker.decide(principal, action, resource)?;
         Ok(o.allowed().then(|| Hit {
             uid: uid.clone(),
             policies: o.reasons,
