@@ -256,6 +256,29 @@ mod tests {
     }
 
     #[test]
+    fn custom_roles_grant_the_schema_s_workspace_scopes() {
+        let scopes = scopes().unwrap();
+        assert_eq!(scopes.len(), 46);
+        assert!(scopes.iter().any(|s| s == "see_flows"));
+        assert!(!scopes.iter().any(|s| s == "workspace_scope" || s == "delete:workspace"));
+        let world = generate(&WorldSpec::default()).unwrap();
+        let custom: Vec<&Value> = world
+            .iter()
+            .flat_map(|(_, v)| v.as_array().unwrap())
+            .filter(|e| e["uid"]["type"] == "Prefect::Role" && e["attrs"]["builtin"] == false)
+            .collect();
+        assert_eq!(custom.len(), 10 * 2);
+        for role in custom {
+            let grants = role["attrs"]["grants"].as_array().unwrap();
+            assert!(grants.len() > 3, "{role}");
+            for g in grants {
+                let id = g["__entity"]["id"].as_str().unwrap();
+                assert!(scopes.iter().any(|s| s == id), "{id}");
+            }
+        }
+    }
+
+    #[test]
     fn refuses_more_memberships_than_pairs() {
         let spec = WorldSpec {
             orgs: 1,
