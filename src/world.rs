@@ -102,7 +102,8 @@ pub fn workspace_id(o: usize, w: usize) -> String {
 /// The workspace scopes of the shipped schema (the actions in
 /// `workspace_scope`), sorted.
 fn scopes() -> Result<Vec<String>, String> {
-    let (schema, _) = cedar_policy::Schema::from_cedarschema_str(SCHEMA).map_err(|e| e.to_string())?;
+    let (schema, _) =
+        cedar_policy::Schema::from_cedarschema_str(SCHEMA).map_err(|e| e.to_string())?;
     let actions = schema.action_entities().map_err(|e| e.to_string())?;
     let group: cedar_policy::EntityUid = r#"Prefect::Action::"workspace_scope""#
         .parse()
@@ -260,7 +261,11 @@ mod tests {
         let scopes = scopes().unwrap();
         assert_eq!(scopes.len(), 46);
         assert!(scopes.iter().any(|s| s == "see_flows"));
-        assert!(!scopes.iter().any(|s| s == "workspace_scope" || s == "delete:workspace"));
+        assert!(
+            !scopes
+                .iter()
+                .any(|s| s == "workspace_scope" || s == "delete:workspace")
+        );
         let world = generate(&WorldSpec::default()).unwrap();
         let custom: Vec<&Value> = world
             .iter()

@@ -495,12 +495,20 @@ fn shipped_model_with_additional_entities_decides_as_plain_cedar() {
         ),
         (
             "a built-in role losing the scopes it inherited",
-            vec![builtin("runner", "Runner", &["run_flows", "run_deployments"])],
+            vec![builtin(
+                "runner",
+                "Runner",
+                &["run_flows", "run_deployments"],
+            )],
         ),
         (
             // The weaker scopes follow through the schema's action groups.
             "a built-in role granting stronger scopes",
-            vec![builtin("viewer", "Viewer", &["manage_flows", "manage_events"])],
+            vec![builtin(
+                "viewer",
+                "Viewer",
+                &["manage_flows", "manage_events"],
+            )],
         ),
         (
             "a new workspace with a new custom role",

@@ -634,10 +634,7 @@ async fn decision_log_records_each_decision_without_secrets() {
     assert_eq!(first["action"], r#"Prefect::Action::"see_flows""#);
     assert_eq!(first["resource"], r#"Prefect::Workspace::"acme-prod""#);
     assert_eq!(first["decision"], "Allow");
-    assert_eq!(
-        first["reasons"],
-        json!(["union-of-default-and-explicit"])
-    );
+    assert_eq!(first["reasons"], json!(["union-of-default-and-explicit"]));
     assert!(first["generation"].as_u64().unwrap() >= 1);
     assert!(first["latency_us"].is_u64());
     assert!(first["timestamp"].as_str().unwrap().ends_with('Z'));

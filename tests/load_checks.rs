@@ -287,7 +287,11 @@ fn r9_a_role_granting_an_action_that_is_not_a_workspace_scope_is_refused() {
     }
     // An action the schema does not declare: the schema refuses it.
     let m = granting("no_such_scope");
-    let d = m.only_error(&["Role::\"worker\"", "no_such_scope", "not declared as an action"]);
+    let d = m.only_error(&[
+        "Role::\"worker\"",
+        "no_such_scope",
+        "not declared as an action",
+    ]);
     m.assert_points_at(&d, "entities/roles.json", "\"worker\"");
 }
 

@@ -383,7 +383,9 @@ fn term(e: &Value) -> Option<Term> {
                     path.push(attr);
                     Some(Term::Attr(of, path))
                 }
-                of @ (Term::Tag(..) | Term::Entity(_)) => Some(Term::Attr(Box::new(of), vec![attr])),
+                of @ (Term::Tag(..) | Term::Entity(_)) => {
+                    Some(Term::Attr(Box::new(of), vec![attr]))
+                }
                 Term::Str(_) | Term::Action => None,
             }
         }
@@ -562,7 +564,9 @@ mod tests {
         });
         assert_eq!(req, Req::Or(vec![default_role, literal]));
         assert!(req.reads_action());
-        assert!(!planned("permit(principal, action, resource) when { principal in resource.org };")
-            .reads_action());
+        assert!(
+            !planned("permit(principal, action, resource) when { principal in resource.org };")
+                .reads_action()
+        );
     }
 }
