@@ -565,7 +565,7 @@ mod tests {
     fn policy_ids_read_as_cedar_displays_them() {
         for raw in [
             "admin-overrides",
-            "union-of-default-and-explicit/see_flows",
+            "union-of-default-and-explicit",
             "policy12",
             "a \"quoted\" id",
             "tab\there",
