@@ -32,6 +32,14 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// One thread: a spawned task runs only when the test awaits.
+fn single() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn entity(ty: &str, id: &str, parents: &[(&str, &str)]) -> (String, Value) {
     let uid = format!("Prefect::{ty}::\"{id}\"");
     let parents: Vec<Value> = parents
@@ -61,130 +69,134 @@ fn commit(actor: &str, upserts: Vec<(String, Value)>, deletes: Vec<String>) -> C
 #[test]
 fn revisions_are_gap_free_and_a_stale_base_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    rt().block_on(async {
-        let store = Store::open(&url(dir.path(), "facts.db")).await.unwrap();
-        assert_eq!(store.head().await.unwrap(), 0);
-        assert!(store.is_empty().await.unwrap());
+    rt().block_on(revisions_case(url(dir.path(), "facts.db")));
+}
 
-        let group = vec![
-            commit("a", vec![entity("Organization", "acme", &[])], vec![]),
-            commit(
-                "b",
-                vec![
-                    entity("User", "alice", &[("Organization", "acme")]),
-                    entity("User", "bob", &[]),
-                ],
-                vec![],
-            ),
-        ];
-        assert_eq!(store.commit_group(0, &group).await.unwrap(), vec![1, 2]);
-        let third = commit(
-            "c",
-            vec![entity("User", "carol", &[])],
-            vec!["Prefect::User::\"bob\"".into()],
-        );
-        assert_eq!(
-            store.commit_group(2, std::slice::from_ref(&third)).await.unwrap(),
-            vec![3]
-        );
+async fn revisions_case(u: String) {
+    let store = Store::open(&u).await.unwrap();
+    assert_eq!(store.head().await.unwrap(), 0);
+    assert!(store.is_empty().await.unwrap());
 
-        // A writer that read revision 2 loses, and nothing of its group lands.
-        let stale = vec![commit("d", vec![entity("User", "dave", &[])], vec![])];
-        match store.commit_group(2, &stale).await {
-            Err(StoreError::Conflict { expected, actual }) => {
-                assert_eq!((expected, actual), (2, 3));
-            }
-            other => panic!("expected a conflict, got {other:?}"),
-        }
-        assert_eq!(store.head().await.unwrap(), 3);
-        assert!(store.entity("Prefect::User::\"dave\"").await.unwrap().is_none());
-
-        let (head, entities) = store.snapshot().await.unwrap();
-        assert_eq!(head, 3);
-        let uids: Vec<(&str, u64)> = entities
-            .iter()
-            .map(|e| (e.uid.as_str(), e.revision))
-            .collect();
-        assert_eq!(
-            uids,
+    let group = vec![
+        commit("a", vec![entity("Organization", "acme", &[])], vec![]),
+        commit(
+            "b",
             vec![
-                ("Prefect::Organization::\"acme\"", 1),
-                ("Prefect::User::\"alice\"", 2),
-                ("Prefect::User::\"carol\"", 3),
-            ]
-        );
-        let alice = store.entity("Prefect::User::\"alice\"").await.unwrap().unwrap();
-        assert_eq!(alice.json, entity("User", "alice", &[("Organization", "acme")]).1);
+                entity("User", "alice", &[("Organization", "acme")]),
+                entity("User", "bob", &[]),
+            ],
+            vec![],
+        ),
+    ];
+    assert_eq!(store.commit_group(0, &group).await.unwrap(), vec![1, 2]);
+    let third = commit(
+        "c",
+        vec![entity("User", "carol", &[])],
+        vec!["Prefect::User::\"bob\"".into()],
+    );
+    assert_eq!(
+        store.commit_group(2, std::slice::from_ref(&third)).await.unwrap(),
+        vec![3]
+    );
 
-        let log = store.changes_since(0, 100).await.unwrap();
-        let revs: Vec<u64> = log.iter().map(|c| c.revision).collect();
-        assert_eq!(revs, vec![1, 2, 3]);
-        assert_eq!(log[1].actor, "b");
-        assert_eq!(log[2].deleted, vec!["Prefect::User::\"bob\"".to_string()]);
-        assert_eq!(log[2].upserted, vec!["Prefect::User::\"carol\"".to_string()]);
-        assert_eq!(log[2].ops, third.ops);
-        // RFC 3339, UTC: `2026-11-29T10:26:33.123456Z`.
-        let at = &log[0].at;
-        assert!(at.len() >= 20 && &at[4..5] == "-" && &at[10..11] == "T" && at.ends_with('Z'), "{at}");
-        assert_eq!(
-            store.changes_since(1, 1).await.unwrap()[0].revision,
-            2,
-            "limit and order"
-        );
+    // A writer that read revision 2 loses, and nothing of its group lands.
+    let stale = vec![commit("d", vec![entity("User", "dave", &[])], vec![])];
+    match store.commit_group(2, &stale).await {
+        Err(StoreError::Conflict { expected, actual }) => {
+            assert_eq!((expected, actual), (2, 3));
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(store.head().await.unwrap(), 3);
+    assert!(store.entity("Prefect::User::\"dave\"").await.unwrap().is_none());
 
-        // A commit naming a uid twice is refused whole.
-        let twice = commit(
-            "e",
-            vec![entity("User", "erin", &[])],
-            vec!["Prefect::User::\"erin\"".into()],
-        );
-        assert!(matches!(
-            store.commit_group(3, &[twice]).await,
-            Err(StoreError::Invalid(_))
-        ));
-        assert_eq!(store.head().await.unwrap(), 3);
-    });
+    let (head, entities) = store.snapshot().await.unwrap();
+    assert_eq!(head, 3);
+    let uids: Vec<(&str, u64)> = entities
+        .iter()
+        .map(|e| (e.uid.as_str(), e.revision))
+        .collect();
+    assert_eq!(
+        uids,
+        vec![
+            ("Prefect::Organization::\"acme\"", 1),
+            ("Prefect::User::\"alice\"", 2),
+            ("Prefect::User::\"carol\"", 3),
+        ]
+    );
+    let alice = store.entity("Prefect::User::\"alice\"").await.unwrap().unwrap();
+    assert_eq!(alice.json, entity("User", "alice", &[("Organization", "acme")]).1);
+
+    let log = store.changes_since(0, 100).await.unwrap();
+    let revs: Vec<u64> = log.iter().map(|c| c.revision).collect();
+    assert_eq!(revs, vec![1, 2, 3]);
+    assert_eq!(log[1].actor, "b");
+    assert_eq!(log[2].deleted, vec!["Prefect::User::\"bob\"".to_string()]);
+    assert_eq!(log[2].upserted, vec!["Prefect::User::\"carol\"".to_string()]);
+    assert_eq!(log[2].ops, third.ops);
+    // RFC 3339, UTC: `2026-11-29T10:26:33.123456Z`.
+    let at = &log[0].at;
+    assert!(at.len() >= 20 && &at[4..5] == "-" && &at[10..11] == "T" && at.ends_with('Z'), "{at}");
+    assert_eq!(
+        store.changes_since(1, 1).await.unwrap()[0].revision,
+        2,
+        "limit and order"
+    );
+
+    // A commit naming a uid twice is refused whole.
+    let twice = commit(
+        "e",
+        vec![entity("User", "erin", &[])],
+        vec!["Prefect::User::\"erin\"".into()],
+    );
+    assert!(matches!(
+        store.commit_group(3, &[twice]).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(store.head().await.unwrap(), 3);
 }
 
 #[test]
 fn pruned_changes_send_readers_back_to_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    rt().block_on(async {
-        let store = Store::open(&url(dir.path(), "facts.db")).await.unwrap();
-        for i in 0..5u64 {
-            let c = commit("w", vec![entity("User", &format!("u{i}"), &[])], vec![]);
-            store.commit_group(i, &[c]).await.unwrap();
-        }
-        assert_eq!(store.oldest_change().await.unwrap(), Some(1));
-        assert_eq!(store.prune_changes(3).await.unwrap(), 3);
-        assert_eq!(store.oldest_change().await.unwrap(), Some(4));
-        assert_eq!(store.pruned_through().await.unwrap(), 3);
-        // Pruning less than what is already gone does nothing.
-        assert_eq!(store.prune_changes(2).await.unwrap(), 0);
-        match store.changes_since(2, 10).await {
-            Err(StoreError::Pruned {
-                since,
-                pruned_through,
-            }) => assert_eq!((since, pruned_through), (2, 3)),
-            other => panic!("expected Pruned, got {other:?}"),
-        }
-        let rest: Vec<u64> = store
-            .changes_since(3, 10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|c| c.revision)
-            .collect();
-        assert_eq!(rest, vec![4, 5]);
-        // Beyond the head: everything goes, and a reader at the head is fine.
-        assert_eq!(store.prune_changes(99).await.unwrap(), 2);
-        assert_eq!(store.oldest_change().await.unwrap(), None);
-        assert_eq!(store.pruned_through().await.unwrap(), 5);
-        assert!(store.changes_since(5, 10).await.unwrap().is_empty());
-        assert!(store.changes_since(4, 10).await.is_err());
-        // The entities are untouched by retention.
-        assert_eq!(store.snapshot().await.unwrap().1.len(), 5);
-    });
+    rt().block_on(pruning_case(url(dir.path(), "facts.db")));
+}
+
+async fn pruning_case(u: String) {
+    let store = Store::open(&u).await.unwrap();
+    for i in 0..5u64 {
+        let c = commit("w", vec![entity("User", &format!("u{i}"), &[])], vec![]);
+        store.commit_group(i, &[c]).await.unwrap();
+    }
+    assert_eq!(store.oldest_change().await.unwrap(), Some(1));
+    assert_eq!(store.prune_changes(3).await.unwrap(), 3);
+    assert_eq!(store.oldest_change().await.unwrap(), Some(4));
+    assert_eq!(store.pruned_through().await.unwrap(), 3);
+    // Pruning less than what is already gone does nothing.
+    assert_eq!(store.prune_changes(2).await.unwrap(), 0);
+    match store.changes_since(2, 10).await {
+        Err(StoreError::Pruned {
+            since,
+            pruned_through,
+        }) => assert_eq!((since, pruned_through), (2, 3)),
+        other => panic!("expected Pruned, got {other:?}"),
+    }
+    let rest: Vec<u64> = store
+        .changes_since(3, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.revision)
+        .collect();
+    assert_eq!(rest, vec![4, 5]);
+    // Beyond the head: everything goes, and a reader at the head is fine.
+    assert_eq!(store.prune_changes(99).await.unwrap(), 2);
+    assert_eq!(store.oldest_change().await.unwrap(), None);
+    assert_eq!(store.pruned_through().await.unwrap(), 5);
+    assert!(store.changes_since(5, 10).await.unwrap().is_empty());
+    assert!(store.changes_since(4, 10).await.is_err());
+    // The entities are untouched by retention.
+    assert_eq!(store.snapshot().await.unwrap().1.len(), 5);
 }
 
 #[test]
@@ -198,53 +210,59 @@ fn migrations_are_versioned_and_a_newer_schema_is_refused() {
             Err(StoreError::Missing(_))
         ));
         assert!(!dir.path().join("facts.db").exists());
-        // An empty database is unmigrated.
-        let bare = Store::attach(&u).await.unwrap();
-        assert_eq!(bare.schema_version().await.unwrap(), 0);
-        match Store::connect(&u).await {
-            Err(StoreError::NotMigrated { found: 0, known }) => assert_eq!(known, SCHEMA_VERSION),
-            other => panic!("expected NotMigrated, got {other:?}"),
-        }
-        assert_eq!(bare.migrate().await.unwrap(), (0, SCHEMA_VERSION));
-        assert_eq!(bare.migrate().await.unwrap(), (SCHEMA_VERSION, SCHEMA_VERSION));
-        let store = Store::connect(&u).await.unwrap();
-        store
-            .commit_group(0, &[commit("a", vec![entity("User", "a", &[])], vec![])])
-            .await
-            .unwrap();
-
-        // WAL mode, full sync.
+        migrations_case(u.clone()).await;
+        // WAL mode (kept in the file).
         let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
             .fetch_one(&sqlx::SqlitePool::connect(&u).await.unwrap())
             .await
             .unwrap();
         assert_eq!(mode.to_lowercase(), "wal");
-
-        // A newer orgwarden migrated this file: refused, and left alone.
-        let raw = sqlx::SqlitePool::connect(&u).await.unwrap();
-        sqlx::query("UPDATE facts_schema SET version = version + 1")
-            .execute(&raw)
-            .await
-            .unwrap();
-        for result in [Store::open(&u).await, Store::connect(&u).await] {
-            match result {
-                Err(StoreError::NewerSchema { found, known }) => {
-                    assert_eq!((found, known), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
-                }
-                other => panic!("expected NewerSchema, got {other:?}"),
-            }
+        for bad in ["mysql://x", "sqlite:", "sqlite::memory:"] {
+            assert!(matches!(Store::open(bad).await, Err(StoreError::Url(_))), "{bad}");
         }
-        let version: i64 = sqlx::query_scalar("SELECT version FROM facts_schema")
-            .fetch_one(&raw)
-            .await
-            .unwrap();
-        assert_eq!(version as u64, SCHEMA_VERSION + 1);
-
-        assert!(matches!(
-            Store::open("mysql://x").await,
-            Err(StoreError::Url(_))
-        ));
     });
+}
+
+async fn migrations_case(u: String) {
+    // An empty database is unmigrated.
+    let bare = Store::attach(&u).await.unwrap();
+    assert_eq!(bare.schema_version().await.unwrap(), 0);
+    match Store::connect(&u).await {
+        Err(StoreError::NotMigrated { found: 0, known }) => assert_eq!(known, SCHEMA_VERSION),
+        other => panic!("expected NotMigrated, got {other:?}"),
+    }
+    assert_eq!(bare.migrate().await.unwrap(), (0, SCHEMA_VERSION));
+    assert_eq!(bare.migrate().await.unwrap(), (SCHEMA_VERSION, SCHEMA_VERSION));
+    let store = Store::connect(&u).await.unwrap();
+    store
+        .commit_group(0, &[commit("a", vec![entity("User", "a", &[])], vec![])])
+        .await
+        .unwrap();
+    // Opening again migrates nothing and keeps the facts.
+    let again = Store::open(&u).await.unwrap();
+    assert_eq!(again.head().await.unwrap(), 1);
+
+    // A newer orgwarden migrated this store: refused, and left alone.
+    sqlx::any::install_default_drivers();
+    let raw = sqlx::AnyPool::connect(&u).await.unwrap();
+    sqlx::query("UPDATE facts_schema SET version = version + 1")
+        .execute(&raw)
+        .await
+        .unwrap();
+    for result in [Store::open(&u).await, Store::connect(&u).await] {
+        match result {
+            Err(StoreError::NewerSchema { found, known }) => {
+                assert_eq!((found, known), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
+            }
+            other => panic!("expected NewerSchema, got {other:?}"),
+        }
+    }
+    let version: i64 = sqlx::query_scalar("SELECT version FROM facts_schema")
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+    assert_eq!(version as u64, SCHEMA_VERSION + 1);
+    raw.close().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -404,136 +422,135 @@ async fn stored_map(store: &Store) -> HashMap<String, Vec<String>> {
 #[test]
 fn queued_writes_are_validated_in_order_and_committed_together() {
     let dir = tempfile::tempdir().unwrap();
-    rt().block_on(async {
-        let store = Store::open(&url(dir.path(), "facts.db")).await.unwrap();
-        let (writer, task) = Writer::spawn(store.clone(), MapState::default(), WriterOptions::default());
+    rt().block_on(writer_case(url(dir.path(), "facts.db")));
+}
 
-        // Many concurrent writers: each puts an org, then a user under it,
-        // then tries a user under an org that nobody creates.
-        let mut handles = Vec::new();
-        for w in 0..16 {
-            let writer = writer.clone();
-            handles.push(tokio::spawn(async move {
-                let org = format!("Prefect::Organization::\"o{w}\"");
-                let a = writer.write(put(&org, &[])).await.unwrap();
-                let user = format!("Prefect::User::\"u{w}\"");
-                let b = writer.write(put(&user, &[&org])).await.unwrap();
-                assert!(b > a);
-                match writer
-                    .write(put(&format!("Prefect::User::\"x{w}\""), &["Prefect::Organization::\"nowhere\""]))
-                    .await
-                {
-                    Err(WriteError::Rejected(why)) => assert!(why.contains("does not exist")),
-                    other => panic!("expected a rejection, got {other:?}"),
-                }
-                match writer.write(put("untyped", &[])).await {
-                    Err(WriteError::Rejected(why)) => assert!(why.contains("must have a type")),
-                    other => panic!("expected a rejection, got {other:?}"),
-                }
-                match writer.write(Req::Delete { uid: org.clone() }).await {
-                    Err(WriteError::Rejected(why)) => assert!(why.contains("is a parent of")),
-                    other => panic!("expected a rejection, got {other:?}"),
-                }
-                (a, b)
-            }));
-        }
-        let mut revisions = Vec::new();
-        for h in handles {
-            let (a, b) = h.await.unwrap();
-            revisions.extend([a, b]);
-        }
-        revisions.sort_unstable();
-        assert_eq!(revisions, (1..=32).collect::<Vec<u64>>(), "one revision per accepted write");
+async fn writer_case(u: String) {
+    let store = Store::open(&u).await.unwrap();
+    let (writer, task) = Writer::spawn(store.clone(), MapState::default(), WriterOptions::default());
 
-        // In one queue: a put, a put that depends on it, a delete of the
-        // first (refused: the second names it), then optimistic writes.
-        let (r1, r2, r3, r4, r5) = tokio::join!(
-            writer.write(put("Prefect::Organization::\"g\"", &[])),
-            writer.write(put("Prefect::User::\"g1\"", &["Prefect::Organization::\"g\""])),
-            writer.write(Req::Delete { uid: "Prefect::Organization::\"g\"".into() }),
-            writer.write(Req::Put {
-                uid: "Prefect::User::\"stale\"".into(),
-                parents: vec![],
-                if_revision: Some(0),
-            }),
-            writer.write(Req::Delete { uid: "Prefect::User::\"g1\"".into() }),
-        );
-        let r1 = r1.unwrap();
-        assert_eq!(r2.unwrap(), r1 + 1);
-        assert!(matches!(r3, Err(WriteError::Rejected(_))));
-        assert!(matches!(r4, Err(WriteError::Rejected(_))));
-        let r5 = r5.unwrap();
-        assert_eq!(r5, r1 + 2);
-        let head = store.head().await.unwrap();
-        assert_eq!(head, r5);
-        let ok = writer
-            .write(Req::Put {
-                uid: "Prefect::User::\"fresh\"".into(),
-                parents: vec![],
-                if_revision: Some(head),
-            })
-            .await
-            .unwrap();
-        assert_eq!(ok, head + 1);
+    // Many concurrent writers: each puts an org, then a user under it,
+    // then tries a user under an org that nobody creates.
+    let mut handles = Vec::new();
+    for w in 0..16 {
+        let writer = writer.clone();
+        handles.push(tokio::spawn(async move {
+            let org = format!("Prefect::Organization::\"o{w}\"");
+            let a = writer.write(put(&org, &[])).await.unwrap();
+            let user = format!("Prefect::User::\"u{w}\"");
+            let b = writer.write(put(&user, &[&org])).await.unwrap();
+            assert!(b > a);
+            match writer
+                .write(put(&format!("Prefect::User::\"x{w}\""), &["Prefect::Organization::\"nowhere\""]))
+                .await
+            {
+                Err(WriteError::Rejected(why)) => assert!(why.contains("does not exist")),
+                other => panic!("expected a rejection, got {other:?}"),
+            }
+            match writer.write(put("untyped", &[])).await {
+                Err(WriteError::Rejected(why)) => assert!(why.contains("must have a type")),
+                other => panic!("expected a rejection, got {other:?}"),
+            }
+            match writer.write(Req::Delete { uid: org.clone() }).await {
+                Err(WriteError::Rejected(why)) => assert!(why.contains("is a parent of")),
+                other => panic!("expected a rejection, got {other:?}"),
+            }
+            (a, b)
+        }));
+    }
+    let mut revisions = Vec::new();
+    for h in handles {
+        let (a, b) = h.await.unwrap();
+        revisions.extend([a, b]);
+    }
+    revisions.sort_unstable();
+    assert_eq!(revisions, (1..=32).collect::<Vec<u64>>(), "one revision per accepted write");
 
-        drop(writer);
-        let state = task.await.unwrap();
-        assert_eq!(state.revision, ok);
-        assert_eq!(state.published_revisions, (1..=ok).collect::<Vec<u64>>());
-        assert_eq!(state.rollbacks, 0);
-        // The published state is exactly what the store holds.
-        assert_eq!(stored_map(&store).await, state.published);
-        assert_eq!(store.changes_since(0, 1000).await.unwrap().len() as u64, ok);
-    });
+    // In one queue: a put, a put that depends on it, a delete of the
+    // first (refused: the second names it), then optimistic writes.
+    let (r1, r2, r3, r4, r5) = tokio::join!(
+        writer.write(put("Prefect::Organization::\"g\"", &[])),
+        writer.write(put("Prefect::User::\"g1\"", &["Prefect::Organization::\"g\""])),
+        writer.write(Req::Delete { uid: "Prefect::Organization::\"g\"".into() }),
+        writer.write(Req::Put {
+            uid: "Prefect::User::\"stale\"".into(),
+            parents: vec![],
+            if_revision: Some(0),
+        }),
+        writer.write(Req::Delete { uid: "Prefect::User::\"g1\"".into() }),
+    );
+    let r1 = r1.unwrap();
+    assert_eq!(r2.unwrap(), r1 + 1);
+    assert!(matches!(r3, Err(WriteError::Rejected(_))));
+    assert!(matches!(r4, Err(WriteError::Rejected(_))));
+    let r5 = r5.unwrap();
+    assert_eq!(r5, r1 + 2);
+    let head = store.head().await.unwrap();
+    assert_eq!(head, r5);
+    let ok = writer
+        .write(Req::Put {
+            uid: "Prefect::User::\"fresh\"".into(),
+            parents: vec![],
+            if_revision: Some(head),
+        })
+        .await
+        .unwrap();
+    assert_eq!(ok, head + 1);
+
+    drop(writer);
+    let state = task.await.unwrap();
+    assert_eq!(state.revision, ok);
+    assert_eq!(state.published_revisions, (1..=ok).collect::<Vec<u64>>());
+    assert_eq!(state.rollbacks, 0);
+    // The published state is exactly what the store holds.
+    assert_eq!(stored_map(&store).await, state.published);
+    assert_eq!(store.changes_since(0, 1000).await.unwrap().len() as u64, ok);
 }
 
 #[test]
 fn a_failed_commit_acknowledges_nothing_and_rolls_back() {
     let dir = tempfile::tempdir().unwrap();
-    // One thread: the writer task runs only when this test awaits, so the
-    // three writes below queue up and form one group.
-    let single = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    single.block_on(async {
-        let u = url(dir.path(), "facts.db");
-        let store = Store::open(&u).await.unwrap();
-        let (writer, task) = Writer::spawn(store.clone(), MapState::default(), WriterOptions::default());
-        assert_eq!(writer.write(put("Prefect::Organization::\"a\"", &[])).await.unwrap(), 1);
+    single().block_on(failed_commit_case(url(dir.path(), "facts.db")));
+}
 
-        // Another process writes revision 2 behind the writer's back: the
-        // writer's next group conflicts and is rolled back whole.
-        let other = Store::open(&u).await.unwrap();
-        other
-            .commit_group(1, &[commit("other", vec![entity("User", "z", &[])], vec![])])
-            .await
-            .unwrap();
-        let (x, y, z) = tokio::join!(
-            writer.write(put("Prefect::User::\"nope\"", &["Prefect::Organization::\"missing\""])),
-            writer.write(put("Prefect::User::\"b\"", &["Prefect::Organization::\"a\""])),
-            writer.write(put("Prefect::User::\"c\"", &["Prefect::User::\"b\""])),
-        );
-        // The rejection before anything was staged stands; the accepted
-        // ones carry the store's error.
-        assert!(matches!(x, Err(WriteError::Rejected(_))), "{x:?}");
-        for r in [&y, &z] {
-            match r {
-                Err(WriteError::Store(e)) => {
-                    assert!(matches!(**e, StoreError::Conflict { expected: 1, actual: 2 }), "{e}")
-                }
-                other => panic!("expected a store error, got {other:?}"),
+/// Runs on one thread: the writer task runs only when the test awaits, so
+/// writes sent together queue up and form one group.
+async fn failed_commit_case(u: String) {
+    let store = Store::open(&u).await.unwrap();
+    let (writer, task) = Writer::spawn(store.clone(), MapState::default(), WriterOptions::default());
+    assert_eq!(writer.write(put("Prefect::Organization::\"a\"", &[])).await.unwrap(), 1);
+
+    // Another process writes revision 2 behind the writer's back: the
+    // writer's next group conflicts and is rolled back whole.
+    let other = Store::open(&u).await.unwrap();
+    other
+        .commit_group(1, &[commit("other", vec![entity("User", "z", &[])], vec![])])
+        .await
+        .unwrap();
+    let (x, y, z) = tokio::join!(
+        writer.write(put("Prefect::User::\"nope\"", &["Prefect::Organization::\"missing\""])),
+        writer.write(put("Prefect::User::\"b\"", &["Prefect::Organization::\"a\""])),
+        writer.write(put("Prefect::User::\"c\"", &["Prefect::User::\"b\""])),
+    );
+    // The rejection before anything was staged stands; the accepted
+    // ones carry the store's error.
+    assert!(matches!(x, Err(WriteError::Rejected(_))), "{x:?}");
+    for r in [&y, &z] {
+        match r {
+            Err(WriteError::Store(e)) => {
+                assert!(matches!(**e, StoreError::Conflict { expected: 1, actual: 2 }), "{e}")
             }
+            other => panic!("expected a store error, got {other:?}"),
         }
-        drop(writer);
-        let state = task.await.unwrap();
-        assert_eq!(state.rollbacks, 1);
-        assert_eq!(state.revision, 1);
-        assert!(state.staged.is_empty());
-        assert_eq!(state.published.len(), 1, "nothing of the failed group is current");
-        assert_eq!(store.head().await.unwrap(), 2);
-        assert!(store.entity("Prefect::User::\"b\"").await.unwrap().is_none());
-    });
+    }
+    drop(writer);
+    let state = task.await.unwrap();
+    assert_eq!(state.rollbacks, 1);
+    assert_eq!(state.revision, 1);
+    assert!(state.staged.is_empty());
+    assert_eq!(state.published.len(), 1, "nothing of the failed group is current");
+    assert_eq!(store.head().await.unwrap(), 2);
+    assert!(store.entity("Prefect::User::\"b\"").await.unwrap().is_none());
 }
 
 // ---------------------------------------------------------------------------
@@ -661,48 +678,50 @@ fn import_then_export_round_trips_the_shipped_entities() {
 #[test]
 fn import_refuses_a_store_with_facts_unless_replacing() {
     let dir = tempfile::tempdir().unwrap();
-    let (_copy, paths) = common::copy_of_shipped();
-    rt().block_on(async {
-        let store = Store::open(&url(dir.path(), "facts.db")).await.unwrap();
-        let entities = transfer::read_entities(&paths).unwrap();
-        transfer::import(&store, entities.clone(), false).await.unwrap();
-        match transfer::import(&store, entities, false).await {
-            Err(transfer::TransferError::NotEmpty { revision: 1, .. }) => {}
-            other => panic!("expected NotEmpty, got {other:?}"),
-        }
-        assert_eq!(store.head().await.unwrap(), 1);
+    rt().block_on(import_replace_case(url(dir.path(), "facts.db")));
+}
 
-        // Drop globex from the files: the replacing import deletes exactly
-        // its entities, in one revision.
-        let raw: Vec<Value> = serde_json::from_str(
-            &std::fs::read_to_string(paths.entities.join("globex.json")).unwrap(),
-        )
-        .unwrap();
-        let globex: HashSet<String> = raw
-            .iter()
-            .map(|item| {
-                EntityUid::from_type_name_and_id(
-                    item["uid"]["type"].as_str().unwrap().parse().unwrap(),
-                    cedar_policy::EntityId::new(item["uid"]["id"].as_str().unwrap()),
-                )
-                .to_string()
-            })
-            .collect();
-        assert!(!globex.is_empty());
-        std::fs::remove_file(paths.entities.join("globex.json")).unwrap();
-        let fewer = transfer::read_entities(&paths).unwrap();
-        let report = transfer::import(&store, fewer, true).await.unwrap();
-        assert_eq!((report.revision, report.deleted), (2, globex.len()));
-        let change = &store.changes_since(1, 10).await.unwrap()[0];
-        let deleted: HashSet<String> = change.deleted.iter().cloned().collect();
-        assert_eq!(deleted, globex);
-        for uid in &globex {
-            assert!(store.entity(uid).await.unwrap().is_none());
-        }
-        let (head, left) = store.snapshot().await.unwrap();
-        assert_eq!(head, 2);
-        assert!(left.iter().all(|e| e.revision == 2));
-    });
+async fn import_replace_case(u: String) {
+    let (_copy, paths) = common::copy_of_shipped();
+    let store = Store::open(&u).await.unwrap();
+    let entities = transfer::read_entities(&paths).unwrap();
+    transfer::import(&store, entities.clone(), false).await.unwrap();
+    match transfer::import(&store, entities, false).await {
+        Err(transfer::TransferError::NotEmpty { revision: 1, .. }) => {}
+        other => panic!("expected NotEmpty, got {other:?}"),
+    }
+    assert_eq!(store.head().await.unwrap(), 1);
+
+    // Drop globex from the files: the replacing import deletes exactly
+    // its entities, in one revision.
+    let raw: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(paths.entities.join("globex.json")).unwrap(),
+    )
+    .unwrap();
+    let globex: HashSet<String> = raw
+        .iter()
+        .map(|item| {
+            EntityUid::from_type_name_and_id(
+                item["uid"]["type"].as_str().unwrap().parse().unwrap(),
+                cedar_policy::EntityId::new(item["uid"]["id"].as_str().unwrap()),
+            )
+            .to_string()
+        })
+        .collect();
+    assert!(!globex.is_empty());
+    std::fs::remove_file(paths.entities.join("globex.json")).unwrap();
+    let fewer = transfer::read_entities(&paths).unwrap();
+    let report = transfer::import(&store, fewer, true).await.unwrap();
+    assert_eq!((report.revision, report.deleted), (2, globex.len()));
+    let change = &store.changes_since(1, 10).await.unwrap()[0];
+    let deleted: HashSet<String> = change.deleted.iter().cloned().collect();
+    assert_eq!(deleted, globex);
+    for uid in &globex {
+        assert!(store.entity(uid).await.unwrap().is_none());
+    }
+    let (head, left) = store.snapshot().await.unwrap();
+    assert_eq!(head, 2);
+    assert!(left.iter().all(|e| e.revision == 2));
 }
 
 #[test]
@@ -881,4 +900,171 @@ fn kill_9_loses_no_acknowledged_revision() {
             store.close().await;
         });
     }
+}
+
+// ---------------------------------------------------------------------------
+// The same semantics on PostgreSQL: a private cluster in a temp directory.
+
+/// A PostgreSQL cluster of our own (`initdb` and `pg_ctl` as the
+/// `postgres` user when run as root), on a free loopback port, stopped
+/// and removed when dropped.
+struct PgCluster {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    port: u16,
+}
+
+/// The server binaries: `ORGWARDEN_PG_BIN`, else the newest of Debian's
+/// `/usr/lib/postgresql/*/bin` (15 or newer).
+fn pg_bin() -> Option<std::path::PathBuf> {
+    if let Some(dir) = std::env::var_os("ORGWARDEN_PG_BIN") {
+        return Some(dir.into());
+    }
+    let mut found: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let version: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            (version >= 15 && bin.join("initdb").exists()).then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, b)| b)
+}
+
+fn as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+impl PgCluster {
+    fn run(&self, program: &str, args: &[&str]) -> std::process::Output {
+        let exe = self.bin.join(program);
+        let mut cmd = if as_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        };
+        cmd.args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    fn start() -> Option<PgCluster> {
+        let Some(bin) = pg_bin() else {
+            if std::env::var_os("CI").is_some() {
+                panic!(
+                    "PostgreSQL 15+ server binaries are not installed, and CI is set \
+                     (scripts/test installs them; or set ORGWARDEN_PG_BIN)"
+                );
+            }
+            eprintln!(
+                "SKIPPED: PostgreSQL 15+ server binaries are not installed; run scripts/test \
+                 (which installs them) or set ORGWARDEN_PG_BIN. Under CI this test fails instead."
+            );
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        if as_root() {
+            let chown = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(chown.success());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cluster = PgCluster { dir, bin, port };
+        let data = cluster.dir.path().join("data");
+        let init = cluster.run(
+            "initdb",
+            &["-D", data.to_str().unwrap(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+        );
+        assert!(init.status.success(), "initdb: {}", String::from_utf8_lossy(&init.stderr));
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1",
+            cluster.dir.path().display()
+        );
+        let log = cluster.dir.path().join("log");
+        let start = cluster.run(
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-o", &options, "-l", log.to_str().unwrap(), "-w", "start"],
+        );
+        assert!(
+            start.status.success(),
+            "pg_ctl start: {} {}",
+            String::from_utf8_lossy(&start.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Some(cluster)
+    }
+
+    /// A new, empty database's URL.
+    async fn database(&self, name: &str) -> String {
+        let admin = format!("postgres://postgres@127.0.0.1:{}/postgres", self.port);
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        self.run("pg_ctl", &["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
+    }
+}
+
+#[test]
+fn postgres_has_the_same_semantics() {
+    let Some(pg) = PgCluster::start() else {
+        return;
+    };
+    single().block_on(async {
+        revisions_case(pg.database("revisions").await).await;
+        pruning_case(pg.database("pruning").await).await;
+        migrations_case(pg.database("migrations").await).await;
+        writer_case(pg.database("writer").await).await;
+        failed_commit_case(pg.database("failed").await).await;
+        import_replace_case(pg.database("import").await).await;
+
+        // Two writers racing on one base: exactly one wins, the other
+        // conflicts, and the revisions stay gap-free.
+        let u = pg.database("race").await;
+        let a = Store::open(&u).await.unwrap();
+        let b = Store::open(&u).await.unwrap();
+        for round in 0..20u64 {
+            let ca = commit("a", vec![entity("User", &format!("a{round}"), &[])], vec![]);
+            let cb = commit("b", vec![entity("User", &format!("b{round}"), &[])], vec![]);
+            let base = a.head().await.unwrap();
+            let (ra, rb) = tokio::join!(
+                a.commit_group(base, std::slice::from_ref(&ca)),
+                b.commit_group(base, std::slice::from_ref(&cb))
+            );
+            assert!(ra.is_ok() != rb.is_ok(), "round {round}: {ra:?} {rb:?}");
+            let lost = if ra.is_ok() { rb } else { ra };
+            assert!(matches!(lost, Err(StoreError::Conflict { .. })));
+        }
+        let revs: Vec<u64> = a
+            .changes_since(0, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.revision)
+            .collect();
+        assert_eq!(revs, (1..=20).collect::<Vec<u64>>());
+        assert_eq!(a.snapshot().await.unwrap().1.len(), 20);
+    });
 }
