@@ -157,7 +157,8 @@ fn bench(c: &mut Criterion) {
                 let mut tasks = Vec::new();
                 for w in 0..WRITERS {
                     let writer = writer.clone();
-                    let count = iters as usize / WRITERS + usize::from(w < iters as usize % WRITERS);
+                    let count =
+                        iters as usize / WRITERS + usize::from(w < iters as usize % WRITERS);
                     tasks.push(tokio::spawn(async move {
                         for n in 0..count {
                             writer

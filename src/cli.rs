@@ -268,7 +268,10 @@ fn facts(cmd: FactsCommand) -> ExitCode {
             FactsCommand::Migrate(a) => {
                 let store = Store::attach(&a.store).await.map_err(|e| e.to_string())?;
                 let (from, to) = store.migrate().await.map_err(|e| e.to_string())?;
-                Ok(format!("{}: schema version {to} (was {from})", store.describe()))
+                Ok(format!(
+                    "{}: schema version {to} (was {from})",
+                    store.describe()
+                ))
             }
         }
     });

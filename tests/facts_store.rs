@@ -95,7 +95,10 @@ async fn revisions_case(u: String) {
         vec!["Prefect::User::\"bob\"".into()],
     );
     assert_eq!(
-        store.commit_group(2, std::slice::from_ref(&third)).await.unwrap(),
+        store
+            .commit_group(2, std::slice::from_ref(&third))
+            .await
+            .unwrap(),
         vec![3]
     );
 
@@ -108,7 +111,13 @@ async fn revisions_case(u: String) {
         other => panic!("expected a conflict, got {other:?}"),
     }
     assert_eq!(store.head().await.unwrap(), 3);
-    assert!(store.entity("Prefect::User::\"dave\"").await.unwrap().is_none());
+    assert!(
+        store
+            .entity("Prefect::User::\"dave\"")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     let (head, entities) = store.snapshot().await.unwrap();
     assert_eq!(head, 3);
@@ -124,19 +133,32 @@ async fn revisions_case(u: String) {
             ("Prefect::User::\"carol\"", 3),
         ]
     );
-    let alice = store.entity("Prefect::User::\"alice\"").await.unwrap().unwrap();
-    assert_eq!(alice.json, entity("User", "alice", &[("Organization", "acme")]).1);
+    let alice = store
+        .entity("Prefect::User::\"alice\"")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        alice.json,
+        entity("User", "alice", &[("Organization", "acme")]).1
+    );
 
     let log = store.changes_since(0, 100).await.unwrap();
     let revs: Vec<u64> = log.iter().map(|c| c.revision).collect();
     assert_eq!(revs, vec![1, 2, 3]);
     assert_eq!(log[1].actor, "b");
     assert_eq!(log[2].deleted, vec!["Prefect::User::\"bob\"".to_string()]);
-    assert_eq!(log[2].upserted, vec!["Prefect::User::\"carol\"".to_string()]);
+    assert_eq!(
+        log[2].upserted,
+        vec!["Prefect::User::\"carol\"".to_string()]
+    );
     assert_eq!(log[2].ops, third.ops);
     // RFC 3339, UTC: `2026-11-29T10:26:33.123456Z`.
     let at = &log[0].at;
-    assert!(at.len() >= 20 && &at[4..5] == "-" && &at[10..11] == "T" && at.ends_with('Z'), "{at}");
+    assert!(
+        at.len() >= 20 && &at[4..5] == "-" && &at[10..11] == "T" && at.ends_with('Z'),
+        "{at}"
+    );
     assert_eq!(
         store.changes_since(1, 1).await.unwrap()[0].revision,
         2,
@@ -218,7 +240,10 @@ fn migrations_are_versioned_and_a_newer_schema_is_refused() {
             .unwrap();
         assert_eq!(mode.to_lowercase(), "wal");
         for bad in ["mysql://x", "sqlite:", "sqlite::memory:"] {
-            assert!(matches!(Store::open(bad).await, Err(StoreError::Url(_))), "{bad}");
+            assert!(
+                matches!(Store::open(bad).await, Err(StoreError::Url(_))),
+                "{bad}"
+            );
         }
     });
 }
@@ -232,7 +257,10 @@ async fn migrations_case(u: String) {
         other => panic!("expected NotMigrated, got {other:?}"),
     }
     assert_eq!(bare.migrate().await.unwrap(), (0, SCHEMA_VERSION));
-    assert_eq!(bare.migrate().await.unwrap(), (SCHEMA_VERSION, SCHEMA_VERSION));
+    assert_eq!(
+        bare.migrate().await.unwrap(),
+        (SCHEMA_VERSION, SCHEMA_VERSION)
+    );
     let store = Store::connect(&u).await.unwrap();
     store
         .commit_group(0, &[commit("a", vec![entity("User", "a", &[])], vec![])])
@@ -367,7 +395,11 @@ impl Apply for MapState {
             }
         };
         let commit = match &value {
-            Some(parents) => commit(&format!("test-{revision}"), vec![(uid.clone(), json_of(&uid, parents))], vec![]),
+            Some(parents) => commit(
+                &format!("test-{revision}"),
+                vec![(uid.clone(), json_of(&uid, parents))],
+                vec![],
+            ),
             None => commit(&format!("test-{revision}"), vec![], vec![uid.clone()]),
         };
         self.staged.push((uid.clone(), value.clone()));
@@ -412,7 +444,13 @@ async fn stored_map(store: &Store) -> HashMap<String, Vec<String>> {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|p| format!("{}::\"{}\"", p["type"].as_str().unwrap(), p["id"].as_str().unwrap()))
+                .map(|p| {
+                    format!(
+                        "{}::\"{}\"",
+                        p["type"].as_str().unwrap(),
+                        p["id"].as_str().unwrap()
+                    )
+                })
                 .collect();
             (e.uid, parents)
         })
@@ -427,7 +465,8 @@ fn queued_writes_are_validated_in_order_and_committed_together() {
 
 async fn writer_case(u: String) {
     let store = Store::open(&u).await.unwrap();
-    let (writer, task) = Writer::spawn(store.clone(), MapState::default(), WriterOptions::default());
+    let (writer, task) =
+        Writer::spawn(store.clone(), MapState::default(), WriterOptions::default());
 
     // Many concurrent writers: each puts an org, then a user under it,
     // then tries a user under an org that nobody creates.
@@ -441,7 +480,10 @@ async fn writer_case(u: String) {
             let b = writer.write(put(&user, &[&org])).await.unwrap();
             assert!(b > a);
             match writer
-                .write(put(&format!("Prefect::User::\"x{w}\""), &["Prefect::Organization::\"nowhere\""]))
+                .write(put(
+                    &format!("Prefect::User::\"x{w}\""),
+                    &["Prefect::Organization::\"nowhere\""],
+                ))
                 .await
             {
                 Err(WriteError::Rejected(why)) => assert!(why.contains("does not exist")),
@@ -464,20 +506,31 @@ async fn writer_case(u: String) {
         revisions.extend([a, b]);
     }
     revisions.sort_unstable();
-    assert_eq!(revisions, (1..=32).collect::<Vec<u64>>(), "one revision per accepted write");
+    assert_eq!(
+        revisions,
+        (1..=32).collect::<Vec<u64>>(),
+        "one revision per accepted write"
+    );
 
     // In one queue: a put, a put that depends on it, a delete of the
     // first (refused: the second names it), then optimistic writes.
     let (r1, r2, r3, r4, r5) = tokio::join!(
         writer.write(put("Prefect::Organization::\"g\"", &[])),
-        writer.write(put("Prefect::User::\"g1\"", &["Prefect::Organization::\"g\""])),
-        writer.write(Req::Delete { uid: "Prefect::Organization::\"g\"".into() }),
+        writer.write(put(
+            "Prefect::User::\"g1\"",
+            &["Prefect::Organization::\"g\""]
+        )),
+        writer.write(Req::Delete {
+            uid: "Prefect::Organization::\"g\"".into()
+        }),
         writer.write(Req::Put {
             uid: "Prefect::User::\"stale\"".into(),
             parents: vec![],
             if_revision: Some(0),
         }),
-        writer.write(Req::Delete { uid: "Prefect::User::\"g1\"".into() }),
+        writer.write(Req::Delete {
+            uid: "Prefect::User::\"g1\"".into()
+        }),
     );
     let r1 = r1.unwrap();
     assert_eq!(r2.unwrap(), r1 + 1);
@@ -517,19 +570,35 @@ fn a_failed_commit_acknowledges_nothing_and_rolls_back() {
 /// writes sent together queue up and form one group.
 async fn failed_commit_case(u: String) {
     let store = Store::open(&u).await.unwrap();
-    let (writer, task) = Writer::spawn(store.clone(), MapState::default(), WriterOptions::default());
-    assert_eq!(writer.write(put("Prefect::Organization::\"a\"", &[])).await.unwrap(), 1);
+    let (writer, task) =
+        Writer::spawn(store.clone(), MapState::default(), WriterOptions::default());
+    assert_eq!(
+        writer
+            .write(put("Prefect::Organization::\"a\"", &[]))
+            .await
+            .unwrap(),
+        1
+    );
 
     // Another process writes revision 2 behind the writer's back: the
     // writer's next group conflicts and is rolled back whole.
     let other = Store::open(&u).await.unwrap();
     other
-        .commit_group(1, &[commit("other", vec![entity("User", "z", &[])], vec![])])
+        .commit_group(
+            1,
+            &[commit("other", vec![entity("User", "z", &[])], vec![])],
+        )
         .await
         .unwrap();
     let (x, y, z) = tokio::join!(
-        writer.write(put("Prefect::User::\"nope\"", &["Prefect::Organization::\"missing\""])),
-        writer.write(put("Prefect::User::\"b\"", &["Prefect::Organization::\"a\""])),
+        writer.write(put(
+            "Prefect::User::\"nope\"",
+            &["Prefect::Organization::\"missing\""]
+        )),
+        writer.write(put(
+            "Prefect::User::\"b\"",
+            &["Prefect::Organization::\"a\""]
+        )),
         writer.write(put("Prefect::User::\"c\"", &["Prefect::User::\"b\""])),
     );
     // The rejection before anything was staged stands; the accepted
@@ -538,7 +607,16 @@ async fn failed_commit_case(u: String) {
     for r in [&y, &z] {
         match r {
             Err(WriteError::Store(e)) => {
-                assert!(matches!(**e, StoreError::Conflict { expected: 1, actual: 2 }), "{e}")
+                assert!(
+                    matches!(
+                        **e,
+                        StoreError::Conflict {
+                            expected: 1,
+                            actual: 2
+                        }
+                    ),
+                    "{e}"
+                )
             }
             other => panic!("expected a store error, got {other:?}"),
         }
@@ -548,9 +626,19 @@ async fn failed_commit_case(u: String) {
     assert_eq!(state.rollbacks, 1);
     assert_eq!(state.revision, 1);
     assert!(state.staged.is_empty());
-    assert_eq!(state.published.len(), 1, "nothing of the failed group is current");
+    assert_eq!(
+        state.published.len(),
+        1,
+        "nothing of the failed group is current"
+    );
     assert_eq!(store.head().await.unwrap(), 2);
-    assert!(store.entity("Prefect::User::\"b\"").await.unwrap().is_none());
+    assert!(
+        store
+            .entity("Prefect::User::\"b\"")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -626,13 +714,22 @@ fn import_then_export_round_trips_the_shipped_entities() {
         let count = entities.len();
         let store = Store::open(&u).await.unwrap();
         let report = transfer::import(&store, entities, false).await.unwrap();
-        assert_eq!((report.revision, report.entities, report.deleted), (1, count, 0));
+        assert_eq!(
+            (report.revision, report.entities, report.deleted),
+            (1, count, 0)
+        );
         let log = store.changes_since(0, 10).await.unwrap();
         assert_eq!(log.len(), 1);
         assert_eq!(log[0].actor, "import");
         assert_eq!(log[0].upserted.len(), count);
         // Canonical uids.
-        assert!(store.entity("Prefect::User::\"alice\"").await.unwrap().is_some());
+        assert!(
+            store
+                .entity("Prefect::User::\"alice\"")
+                .await
+                .unwrap()
+                .is_some()
+        );
 
         let exported = transfer::export(&store, &out).await.unwrap();
         assert_eq!(exported.revision, 1);
@@ -647,7 +744,10 @@ fn import_then_export_round_trips_the_shipped_entities() {
     // Each file holds one type, sorted by uid.
     let users: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(out.join("user.json")).unwrap()).unwrap();
-    let ids: Vec<&str> = users.iter().map(|u| u["uid"]["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = users
+        .iter()
+        .map(|u| u["uid"]["id"].as_str().unwrap())
+        .collect();
     let mut sorted = ids.clone();
     sorted.sort_unstable();
     assert_eq!(ids, sorted);
@@ -672,7 +772,11 @@ fn import_then_export_round_trips_the_shipped_entities() {
         .current_dir(common::root())
         .output()
         .unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
 }
 
 #[test]
@@ -685,7 +789,9 @@ async fn import_replace_case(u: String) {
     let (_copy, paths) = common::copy_of_shipped();
     let store = Store::open(&u).await.unwrap();
     let entities = transfer::read_entities(&paths).unwrap();
-    transfer::import(&store, entities.clone(), false).await.unwrap();
+    transfer::import(&store, entities.clone(), false)
+        .await
+        .unwrap();
     match transfer::import(&store, entities, false).await {
         Err(transfer::TransferError::NotEmpty { revision: 1, .. }) => {}
         other => panic!("expected NotEmpty, got {other:?}"),
@@ -694,10 +800,9 @@ async fn import_replace_case(u: String) {
 
     // Drop globex from the files: the replacing import deletes exactly
     // its entities, in one revision.
-    let raw: Vec<Value> = serde_json::from_str(
-        &std::fs::read_to_string(paths.entities.join("globex.json")).unwrap(),
-    )
-    .unwrap();
+    let raw: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(paths.entities.join("globex.json")).unwrap())
+            .unwrap();
     let globex: HashSet<String> = raw
         .iter()
         .map(|item| {
@@ -737,17 +842,32 @@ fn the_cli_imports_exports_and_migrates() {
             .unwrap()
     };
     let migrate = run(&["facts", "migrate", &u]);
-    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
-    assert!(String::from_utf8_lossy(&migrate.stdout).contains(&format!("version {SCHEMA_VERSION} (was 0)")));
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&migrate.stdout)
+            .contains(&format!("version {SCHEMA_VERSION} (was 0)"))
+    );
 
     let import = run(&["facts", "import", "entities", "--into", &u]);
-    assert!(import.status.success(), "{}", String::from_utf8_lossy(&import.stderr));
+    assert!(
+        import.status.success(),
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
     assert!(String::from_utf8_lossy(&import.stdout).contains("at revision 1"));
     let again = run(&["facts", "import", "entities", "--into", &u]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--replace"));
     let replace = run(&["facts", "import", "entities", "--into", &u, "--replace"]);
-    assert!(replace.status.success(), "{}", String::from_utf8_lossy(&replace.stderr));
+    assert!(
+        replace.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replace.stderr)
+    );
     assert!(String::from_utf8_lossy(&replace.stdout).contains("at revision 2 (0 deleted)"));
 
     // Invalid entity files: the loader's diagnostics, nothing written.
@@ -758,16 +878,31 @@ fn the_cli_imports_exports_and_migrates() {
         r#"[{"uid": {"type": "Prefect::User", "id": "x"}, "attrs": {"email": 3}, "parents": []}]"#,
     )
     .unwrap();
-    let rejected = run(&["facts", "import", bad.to_str().unwrap(), "--into", &u, "--replace"]);
+    let rejected = run(&[
+        "facts",
+        "import",
+        bad.to_str().unwrap(),
+        "--into",
+        &u,
+        "--replace",
+    ]);
     assert!(!rejected.status.success());
     assert!(String::from_utf8_lossy(&rejected.stderr).contains("x.json"));
 
     let out = dir.path().join("out");
     let export = run(&["facts", "export", &u, "--out", out.to_str().unwrap()]);
-    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
     assert!(String::from_utf8_lossy(&export.stdout).contains("at revision 2"));
     let check = run(&["check", "--entities", out.to_str().unwrap()]);
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
 
     let missing = run(&["facts", "export", &url(dir.path(), "nope.db"), "--out", "x"]);
     assert!(!missing.status.success());
@@ -862,7 +997,10 @@ fn kill_9_loses_no_acknowledged_revision() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let acked = reader.join().unwrap();
-        assert!(!acked.is_empty(), "round {round}: the child acknowledged nothing");
+        assert!(
+            !acked.is_empty(),
+            "round {round}: the child acknowledged nothing"
+        );
         let max = *acked.iter().max().unwrap();
         assert!(max > acked_max);
         acked_max = max;
@@ -870,7 +1008,10 @@ fn kill_9_loses_no_acknowledged_revision() {
         rt().block_on(async {
             let store = Store::open(&u).await.unwrap();
             let head = store.head().await.unwrap();
-            assert!(head >= max, "round {round}: acknowledged {max}, store at {head}");
+            assert!(
+                head >= max,
+                "round {round}: acknowledged {max}, store at {head}"
+            );
             eprintln!(
                 "round {round}: {} acknowledged (highest {max}), store at {head}",
                 acked.len()
@@ -985,9 +1126,22 @@ impl PgCluster {
         let data = cluster.dir.path().join("data");
         let init = cluster.run(
             "initdb",
-            &["-D", data.to_str().unwrap(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
         );
-        assert!(init.status.success(), "initdb: {}", String::from_utf8_lossy(&init.stderr));
+        assert!(
+            init.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
         let options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1",
             cluster.dir.path().display()
@@ -995,7 +1149,16 @@ impl PgCluster {
         let log = cluster.dir.path().join("log");
         let start = cluster.run(
             "pg_ctl",
-            &["-D", data.to_str().unwrap(), "-o", &options, "-l", log.to_str().unwrap(), "-w", "start"],
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &options,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
         );
         assert!(
             start.status.success(),
@@ -1023,7 +1186,17 @@ impl PgCluster {
 impl Drop for PgCluster {
     fn drop(&mut self) {
         let data = self.dir.path().join("data");
-        self.run("pg_ctl", &["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
     }
 }
 

@@ -70,7 +70,9 @@ pub enum StoreError {
     Url(String),
     #[error("no fact store at `{0}` (`orgwarden facts migrate STORE` creates one)")]
     Missing(String),
-    #[error("the fact store moved: the write expected revision {expected}, the store is at {actual}")]
+    #[error(
+        "the fact store moved: the write expected revision {expected}, the store is at {actual}"
+    )]
     Conflict { expected: u64, actual: u64 },
     #[error(
         "the fact store's schema is version {found}, newer than this orgwarden knows ({known}): upgrade orgwarden"
@@ -260,19 +262,17 @@ impl Store {
                     connect_url.push(if query.is_some() { '&' } else { '?' });
                     connect_url.push_str(if create { "mode=rwc" } else { "mode=rw" });
                 }
-                options
-                    .max_connections(4)
-                    .after_connect(|conn, _meta| {
-                        Box::pin(async move {
-                            sqlx::query("PRAGMA synchronous = FULL")
-                                .execute(&mut *conn)
-                                .await?;
-                            sqlx::query("PRAGMA busy_timeout = 30000")
-                                .execute(&mut *conn)
-                                .await?;
-                            Ok(())
-                        })
+                options.max_connections(4).after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        sqlx::query("PRAGMA synchronous = FULL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 30000")
+                            .execute(&mut *conn)
+                            .await?;
+                        Ok(())
                     })
+                })
             }
             Backend::Postgres => options.max_connections(8),
         };
@@ -476,7 +476,11 @@ impl Store {
     /// Commit `commits` in one transaction, as revisions `base + 1`,
     /// `base + 2`, ... Fails with [`StoreError::Conflict`], changing
     /// nothing, when the store is not at `base`. Returns the revisions.
-    pub async fn commit_group(&self, base: u64, commits: &[Commit]) -> Result<Vec<u64>, StoreError> {
+    pub async fn commit_group(
+        &self,
+        base: u64,
+        commits: &[Commit],
+    ) -> Result<Vec<u64>, StoreError> {
         if commits.is_empty() {
             return Ok(Vec::new());
         }
@@ -490,12 +494,13 @@ impl Store {
         // The write lock on the meta row (SQLite: on the database) comes
         // first: writers queue here, and the loser of a race sees the
         // winner's revision.
-        let moved = sqlx::query("UPDATE facts_meta SET revision = $1 WHERE id = 1 AND revision = $2")
-            .bind(sql_rev(top)?)
-            .bind(sql_rev(base)?)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let moved =
+            sqlx::query("UPDATE facts_meta SET revision = $1 WHERE id = 1 AND revision = $2")
+                .bind(sql_rev(top)?)
+                .bind(sql_rev(base)?)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         if moved != 1 {
             let (actual, _) = Self::meta_in(&mut tx).await?;
             tx.rollback().await?;

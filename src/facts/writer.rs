@@ -34,15 +34,17 @@ pub trait Apply: Send + 'static {
     /// and what this group accepted before it). Accepted: stage its effect
     /// in the working state and return what to commit as `revision`.
     /// Rejected: the working state is left as it was.
-    fn apply(&mut self, request: &Self::Request, revision: u64)
-    -> Result<Commit, Self::Rejection>;
+    fn apply(&mut self, request: &Self::Request, revision: u64) -> Result<Commit, Self::Rejection>;
 
     /// The group is durable at `revisions` (consecutive, ascending): make
     /// the working state the published one.
     fn publish(&mut self, revisions: &[u64]);
 
     /// The group was not committed: make the working state the published
-    /// one again.
+    /// one again. When the store moved under the caller
+    /// ([`StoreError::Conflict`]: another process wrote), the caller must
+    /// also bring its published state to the store's head (by following
+    /// the change log) before a later group can commit.
     fn rollback(&mut self);
 }
 
