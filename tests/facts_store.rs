@@ -176,6 +176,57 @@ async fn revisions_case(u: String) {
         Err(StoreError::Invalid(_))
     ));
     assert_eq!(store.head().await.unwrap(), 3);
+
+    // One group writing the same uids several times: each row ends as the
+    // group's last write left it, with that write's revision.
+    let group = vec![
+        commit(
+            "f",
+            vec![entity("User", "x", &[]), entity("User", "y", &[])],
+            vec![],
+        ),
+        commit(
+            "g",
+            vec![entity("User", "y", &[("Organization", "acme")])],
+            vec!["Prefect::User::\"x\"".into()],
+        ),
+        commit(
+            "h",
+            vec![entity("User", "x", &[("Organization", "acme")])],
+            vec!["Prefect::User::\"carol\"".into()],
+        ),
+        commit("i", vec![], vec!["Prefect::User::\"y\"".into()]),
+    ];
+    assert_eq!(
+        store.commit_group(3, &group).await.unwrap(),
+        vec![4, 5, 6, 7]
+    );
+    let x = store.entity("Prefect::User::\"x\"").await.unwrap().unwrap();
+    assert_eq!(x.revision, 6);
+    assert_eq!(x.json, entity("User", "x", &[("Organization", "acme")]).1);
+    assert!(
+        store
+            .entity("Prefect::User::\"y\"")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .entity("Prefect::User::\"carol\"")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let log = store.changes_since(3, 10).await.unwrap();
+    let actors: Vec<&str> = log.iter().map(|c| c.actor.as_str()).collect();
+    assert_eq!(actors, vec!["f", "g", "h", "i"]);
+    assert_eq!(log[1].deleted, vec!["Prefect::User::\"x\"".to_string()]);
+    assert_eq!(log[0].upserted.len(), 2);
+    assert!(
+        log.iter().all(|c| c.at == log[0].at),
+        "one group, one commit time"
+    );
 }
 
 #[test]

@@ -22,7 +22,7 @@
 //!   behind the pruned range gets [`StoreError::Pruned`] and must
 //!   re-bootstrap from [`Store::snapshot`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -490,6 +490,10 @@ impl Store {
         let top = base
             .checked_add(commits.len() as u64)
             .ok_or_else(|| StoreError::Invalid("revision overflow".into()))?;
+        // Serialized before the transaction, so that the write lock is held
+        // only for the statements.
+        let rows = GroupRows::new(base, commits, &now_rfc3339())?;
+        let revisions: Vec<u64> = (base + 1..=top).collect();
         let mut tx = self.pool.begin().await?;
         // The write lock on the meta row (SQLite: on the database) comes
         // first: writers queue here, and the loser of a race sees the
@@ -509,13 +513,7 @@ impl Store {
                 actual,
             });
         }
-        let at = now_rfc3339();
-        let mut revisions = Vec::with_capacity(commits.len());
-        for (i, c) in commits.iter().enumerate() {
-            let revision = base + i as u64 + 1;
-            write_commit(&mut tx, revision, &at, c).await?;
-            revisions.push(revision);
-        }
+        write_rows(&mut tx, &rows).await?;
         tx.commit().await?;
         Ok(revisions)
     }
@@ -633,51 +631,109 @@ fn check_commit(c: &Commit) -> Result<(), String> {
     Ok(())
 }
 
-async fn write_commit(
+/// The rows a group writes, serialized: per uid the group's last write
+/// (an upsert with its revision, or a delete), and one change row per
+/// commit. Written with a few multi-row statements whatever the group's
+/// size.
+struct GroupRows<'a> {
+    deletes: Vec<&'a str>,
+    /// `(uid, json, revision)`.
+    upserts: Vec<(&'a str, String, i64)>,
+    /// `(revision, actor, ops, upserted, deleted)`.
+    changes: Vec<(i64, &'a str, String, String, String)>,
+    at: String,
+}
+
+impl<'a> GroupRows<'a> {
+    fn new(base: u64, commits: &'a [Commit], at: &str) -> Result<Self, StoreError> {
+        let mut last: HashMap<&'a str, (usize, Option<&'a serde_json::Value>)> = HashMap::new();
+        let mut changes = Vec::with_capacity(commits.len());
+        let uid_list = |uids: Vec<&str>| serde_json::Value::from(uids).to_string();
+        for (i, c) in commits.iter().enumerate() {
+            for (uid, json) in &c.upserts {
+                last.insert(uid, (i, Some(json)));
+            }
+            for uid in &c.deletes {
+                last.insert(uid, (i, None));
+            }
+            changes.push((
+                sql_rev(base + i as u64 + 1)?,
+                c.actor.as_str(),
+                c.ops.to_string(),
+                uid_list(c.upserts.iter().map(|(u, _)| u.as_str()).collect()),
+                uid_list(c.deletes.iter().map(String::as_str).collect()),
+            ));
+        }
+        let mut deletes = Vec::new();
+        let mut upserts = Vec::new();
+        for (uid, (i, json)) in last {
+            match json {
+                Some(json) => upserts.push((uid, json.to_string(), changes[i].0)),
+                None => deletes.push(uid),
+            }
+        }
+        Ok(GroupRows {
+            deletes,
+            upserts,
+            changes,
+            at: at.to_string(),
+        })
+    }
+}
+
+/// `($1, $2, ...), ($k+1, ...)`: `rows` groups of `width` placeholders.
+fn placeholders(rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let marks: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
+            format!("({})", marks.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn write_rows(
     tx: &mut Transaction<'static, Any>,
-    revision: u64,
-    at: &str,
-    c: &Commit,
+    rows: &GroupRows<'_>,
 ) -> Result<(), StoreError> {
-    let r = sql_rev(revision)?;
-    for chunk in c.deletes.chunks(ROWS_PER_STATEMENT) {
+    for chunk in rows.deletes.chunks(ROWS_PER_STATEMENT) {
         let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let sql = format!("DELETE FROM entities WHERE uid IN ({})", marks.join(", "));
         let mut q = sqlx::query(&sql);
         for uid in chunk {
-            q = q.bind(uid.as_str());
+            q = q.bind(*uid);
         }
         q.execute(&mut **tx).await?;
     }
-    for chunk in c.upserts.chunks(ROWS_PER_STATEMENT) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
-            .collect();
+    for chunk in rows.upserts.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO entities (uid, json, revision) VALUES {} \
              ON CONFLICT (uid) DO UPDATE SET json = excluded.json, revision = excluded.revision",
-            rows.join(", ")
+            placeholders(chunk.len(), 3)
         );
         let mut q = sqlx::query(&sql);
-        for (uid, json) in chunk {
-            q = q.bind(uid.as_str()).bind(json.to_string()).bind(r);
+        for (uid, json, revision) in chunk {
+            q = q.bind(*uid).bind(json.as_str()).bind(*revision);
         }
         q.execute(&mut **tx).await?;
     }
-    let upserted: Vec<&str> = c.upserts.iter().map(|(u, _)| u.as_str()).collect();
-    let uid_list = |uids: &[&str]| serde_json::Value::from(uids.to_vec()).to_string();
-    let deleted: Vec<&str> = c.deletes.iter().map(String::as_str).collect();
-    sqlx::query(
-        "INSERT INTO changes (revision, at, actor, ops, upserted, deleted) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(r)
-    .bind(at)
-    .bind(c.actor.as_str())
-    .bind(c.ops.to_string())
-    .bind(uid_list(&upserted))
-    .bind(uid_list(&deleted))
-    .execute(&mut **tx)
-    .await?;
+    for chunk in rows.changes.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO changes (revision, at, actor, ops, upserted, deleted) VALUES {}",
+            placeholders(chunk.len(), 6)
+        );
+        let mut q = sqlx::query(&sql);
+        for (revision, actor, ops, upserted, deleted) in chunk {
+            q = q
+                .bind(*revision)
+                .bind(rows.at.as_str())
+                .bind(*actor)
+                .bind(ops.as_str())
+                .bind(upserted.as_str())
+                .bind(deleted.as_str());
+        }
+        q.execute(&mut **tx).await?;
+    }
     Ok(())
 }
 
