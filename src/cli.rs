@@ -105,6 +105,56 @@ pub enum Command {
     Explain(ExplainArgs),
     /// The principals who may perform an action on a resource, and the policies.
     Who(WhoArgs),
+    /// Facts in a durable store (`sqlite:PATH`, `postgres://...`).
+    #[command(subcommand)]
+    Facts(FactsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FactsCommand {
+    /// Validate entity files as `check` does and write them into a store as
+    /// one revision.
+    Import(FactsImportArgs),
+    /// Write a store's entities to entity files, one per entity type.
+    Export(FactsExportArgs),
+    /// Create or upgrade a store's tables.
+    Migrate(FactsStoreArg),
+}
+
+#[derive(Debug, Args)]
+pub struct FactsImportArgs {
+    /// Entities: a JSON file or a directory of them.
+    #[arg(value_name = "DIR")]
+    pub entities: PathBuf,
+    /// The store, e.g. `sqlite:facts.db` (created when missing).
+    #[arg(long, value_name = "STORE")]
+    pub into: String,
+    /// Replace the facts of a store that holds some (one revision).
+    #[arg(long)]
+    pub replace: bool,
+    /// Policies: a `.cedar` file or a directory of them.
+    #[arg(long, env = "ORGWARDEN_POLICIES", default_value = "policies")]
+    pub policies: PathBuf,
+    /// Schema: a `.cedarschema` / `.cedarschema.json` file or a directory.
+    #[arg(long, env = "ORGWARDEN_SCHEMA", default_value = "schema")]
+    pub schema: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct FactsExportArgs {
+    /// The store, e.g. `sqlite:facts.db`.
+    #[arg(value_name = "STORE")]
+    pub store: String,
+    /// A new or empty directory for the entity files.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct FactsStoreArg {
+    /// The store, e.g. `sqlite:facts.db`.
+    #[arg(value_name = "STORE")]
+    pub store: String,
 }
 
 #[derive(Debug, Args)]
@@ -288,6 +338,76 @@ pub fn main() -> ExitCode {
         Command::Diff(args) => diff(&args),
         Command::Explain(args) => explain(&args),
         Command::Who(args) => who(&args),
+        Command::Facts(cmd) => facts(cmd),
+    }
+}
+
+fn facts(cmd: FactsCommand) -> ExitCode {
+    use crate::facts::{store::Store, transfer};
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result: Result<String, String> = runtime.block_on(async move {
+        match cmd {
+            FactsCommand::Import(a) => {
+                let paths = Paths {
+                    policies: a.policies,
+                    schema: a.schema,
+                    entities: a.entities,
+                    routes: None,
+                };
+                let entities = transfer::read_entities(&paths).map_err(|d| d.to_string())?;
+                let store = Store::open(&a.into).await.map_err(|e| e.to_string())?;
+                let r = transfer::import(&store, entities, a.replace)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(format!(
+                    "imported {} entities into {} at revision {} ({} deleted)",
+                    r.entities,
+                    store.describe(),
+                    r.revision,
+                    r.deleted
+                ))
+            }
+            FactsCommand::Export(a) => {
+                let store = Store::connect(&a.store).await.map_err(|e| e.to_string())?;
+                let r = transfer::export(&store, &a.out)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(format!(
+                    "exported {} entities at revision {} to {} files in {}",
+                    r.entities,
+                    r.revision,
+                    r.files.len(),
+                    a.out.display()
+                ))
+            }
+            FactsCommand::Migrate(a) => {
+                let store = Store::attach(&a.store).await.map_err(|e| e.to_string())?;
+                let (from, to) = store.migrate().await.map_err(|e| e.to_string())?;
+                Ok(format!(
+                    "{}: schema version {to} (was {from})",
+                    store.describe()
+                ))
+            }
+        }
+    });
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
