@@ -9,6 +9,7 @@ pub mod diag;
 pub mod diff;
 pub mod domain;
 pub mod engine;
+pub mod facts;
 pub mod gateway;
 pub mod index;
 pub mod load;
