@@ -100,7 +100,10 @@ fn raw_uid(v: &Value) -> Option<(String, String)> {
 }
 
 fn key(uid: &EntityUid) -> (String, String) {
-    (uid.type_name().to_string(), uid.id().unescaped().to_string())
+    (
+        uid.type_name().to_string(),
+        uid.id().unescaped().to_string(),
+    )
 }
 
 /// The batch applied to entity JSON, naively: the world it gives, or none
@@ -108,7 +111,9 @@ fn key(uid: &EntityUid) -> (String, String) {
 fn apply_naively(names: &Names, items: &[Value], batch: &Batch) -> Option<Vec<Value>> {
     let mut items: Vec<Value> = items.to_vec();
     let find = |items: &[Value], k: &(String, String)| {
-        items.iter().position(|e| raw_uid(&e["uid"]).as_ref() == Some(k))
+        items
+            .iter()
+            .position(|e| raw_uid(&e["uid"]).as_ref() == Some(k))
     };
     let resolve = |r: &EntityRef| names.resolve_entity(r).ok().map(|u| key(&u));
     for op in &batch.operations {
@@ -187,7 +192,11 @@ fn of_type<'a>(items: &'a [Value], ty: &str) -> Vec<&'a Value> {
 fn uid_value(rng: &mut Rng, k: &(String, String)) -> Value {
     match rng.below(3) {
         0 => json!({"type": k.0, "id": k.1}),
-        1 => json!(format!("{}::{}", k.0.trim_start_matches("Prefect::"), json!(k.1))),
+        1 => json!(format!(
+            "{}::{}",
+            k.0.trim_start_matches("Prefect::"),
+            json!(k.1)
+        )),
         _ => json!({"__entity": {"type": k.0, "id": k.1}}),
     }
 }
@@ -205,7 +214,11 @@ const DIGEST_B: &str = "fcde2b2edba56bf408601fb721fe9b5c338d10ee429ea04fae5511b6
 
 /// One random operation on the world `items`.
 fn random_op(rng: &mut Rng, items: &[Value]) -> Value {
-    let principal_ty = if rng.below(4) == 0 { "ServiceAccount" } else { "User" };
+    let principal_ty = if rng.below(4) == 0 {
+        "ServiceAccount"
+    } else {
+        "User"
+    };
     let principal = pick_uid(rng, items, principal_ty);
     let ws_keys: Vec<String> = of_type(items, "Workspace")
         .iter()
@@ -240,7 +253,9 @@ fn random_op(rng: &mut Rng, items: &[Value]) -> Value {
         _ => json!({"__entity": {"type": role.0, "id": role.1}}),
     };
     match rng.below(14) {
-        0..=2 => json!({"op": "set_tag", "uid": uid_value(rng, &principal), "key": ws_key, "value": role_value}),
+        0..=2 => {
+            json!({"op": "set_tag", "uid": uid_value(rng, &principal), "key": ws_key, "value": role_value})
+        }
         3 => {
             let held: Vec<String> = items
                 .iter()
@@ -277,7 +292,10 @@ fn random_op(rng: &mut Rng, items: &[Value]) -> Value {
             let (attr, value) = match rng.below(6) {
                 0 => ("defaultRole", role_value),
                 1 => ("handle", json!(format!("ws{}", rng.below(3)))),
-                2 => ("key", json!(rng.pick(&ws_keys).cloned().unwrap_or_default())),
+                2 => (
+                    "key",
+                    json!(rng.pick(&ws_keys).cloned().unwrap_or_default()),
+                ),
                 3 => {
                     let org = pick_uid(rng, items, "Organization");
                     ("org", json!({"__entity": {"type": org.0, "id": org.1}}))
@@ -285,7 +303,10 @@ fn random_op(rng: &mut Rng, items: &[Value]) -> Value {
                 4 => ("transferTo", json!(7)),
                 _ => {
                     let owner = pick_uid(rng, items, "User");
-                    ("owner", json!({"__entity": {"type": owner.0, "id": owner.1}}))
+                    (
+                        "owner",
+                        json!({"__entity": {"type": owner.0, "id": owner.1}}),
+                    )
                 }
             };
             json!({"op": "set_attr", "uid": uid_value(rng, &ws), "attr": attr, "value": value})
@@ -329,9 +350,15 @@ fn random_op(rng: &mut Rng, items: &[Value]) -> Value {
             let org = pick_uid(rng, items, "Organization");
             let id = format!("new{}", rng.below(4));
             let entity = match rng.below(3) {
-                0 => json!({"uid": {"type": "Prefect::Workspace", "id": id}, "attrs": {"key": id, "handle": format!("ws{}", rng.below(3)), "org": {"__entity": {"type": org.0, "id": org.1}}}, "parents": []}),
-                1 => json!({"uid": {"type": "Prefect::Role", "id": id}, "attrs": {"name": id, "builtin": false, "org": {"__entity": {"type": org.0, "id": org.1}}}, "parents": [{"type": "Prefect::Role", "id": "viewer"}]}),
-                _ => json!({"uid": {"type": "Prefect::User", "id": id}, "attrs": {"email": format!("{id}@example.com")}, "parents": [{"type": org.0, "id": org.1}], "tags": {ws_key.clone(): role_value}}),
+                0 => {
+                    json!({"uid": {"type": "Prefect::Workspace", "id": id}, "attrs": {"key": id, "handle": format!("ws{}", rng.below(3)), "org": {"__entity": {"type": org.0, "id": org.1}}}, "parents": []})
+                }
+                1 => {
+                    json!({"uid": {"type": "Prefect::Role", "id": id}, "attrs": {"name": id, "builtin": false, "org": {"__entity": {"type": org.0, "id": org.1}}}, "parents": [{"type": "Prefect::Role", "id": "viewer"}]})
+                }
+                _ => {
+                    json!({"uid": {"type": "Prefect::User", "id": id}, "attrs": {"email": format!("{id}@example.com")}, "parents": [{"type": org.0, "id": org.1}], "tags": {ws_key.clone(): role_value}})
+                }
             };
             json!({"op": "upsert", "entity": entity})
         }
@@ -340,9 +367,15 @@ fn random_op(rng: &mut Rng, items: &[Value]) -> Value {
             let org = pick_uid(rng, items, "Organization");
             let admins = pick_uid(rng, items, "OrgAdmins");
             match rng.below(3) {
-                0 => json!({"op": "set_attr", "uid": uid_value(rng, &org), "attr": "admins", "value": {"__entity": {"type": admins.0, "id": admins.1}}}),
-                1 => json!({"op": "upsert", "entity": {"uid": {"type": "Prefect::OrgAdmins", "id": format!("{}-extra", org.1)}, "attrs": {}, "parents": []}}),
-                _ => json!({"op": "add_parent", "uid": uid_value(rng, &org), "parent": uid_value(rng, &org)}),
+                0 => {
+                    json!({"op": "set_attr", "uid": uid_value(rng, &org), "attr": "admins", "value": {"__entity": {"type": admins.0, "id": admins.1}}})
+                }
+                1 => {
+                    json!({"op": "upsert", "entity": {"uid": {"type": "Prefect::OrgAdmins", "id": format!("{}-extra", org.1)}, "attrs": {}, "parents": []}})
+                }
+                _ => {
+                    json!({"op": "add_parent", "uid": uid_value(rng, &org), "parent": uid_value(rng, &org)})
+                }
             }
         }
     }
@@ -390,7 +423,14 @@ fn normalize(mut v: Value) -> Value {
 
 /// A sample of requests decided by the engine on `snap` and by slices of
 /// `view`: identical outcomes.
-fn same_decisions(rng: &mut Rng, snap: &Snapshot, view: &FactView, model: &Model, plan: &SlicePlan, items: &[Value]) -> usize {
+fn same_decisions(
+    rng: &mut Rng,
+    snap: &Snapshot,
+    view: &FactView,
+    model: &Model,
+    plan: &SlicePlan,
+    items: &[Value],
+) -> usize {
     let principals: Vec<(String, String)> = items
         .iter()
         .map(uid_of)
@@ -401,7 +441,9 @@ fn same_decisions(rng: &mut Rng, snap: &Snapshot, view: &FactView, model: &Model
         .iter()
         .map(uid_of)
         .filter(|(t, _)| {
-            t.ends_with("::Workspace") || t.ends_with("::Organization") || t.ends_with("::Invitation")
+            t.ends_with("::Workspace")
+                || t.ends_with("::Organization")
+                || t.ends_with("::Invitation")
         })
         .collect();
     let actions: Vec<EntityUid> = snap.names.actions().into_iter().cloned().collect();
@@ -470,7 +512,11 @@ fn run(items: Vec<Value>, seed: u64, batches: usize) {
             (Err(why), Some((world, Err(load_errors)))) => {
                 rejected += 1;
                 *reasons
-                    .entry(format!("{}/{}", why.code, why.rule.clone().unwrap_or_default()))
+                    .entry(format!(
+                        "{}/{}",
+                        why.code,
+                        why.rule.clone().unwrap_or_default()
+                    ))
                     .or_insert(0) += 1;
                 // The loader refuses the same world, and so does a view
                 // built from it.
@@ -488,9 +534,14 @@ fn run(items: Vec<Value>, seed: u64, batches: usize) {
                 panic!("step {step}: the view refused {body} ({why}), the loader accepts it")
             }
         }
-        assert_eq!(view.revision(), before + u64::from(view.revision() != before));
+        assert_eq!(
+            view.revision(),
+            before + u64::from(view.revision() != before)
+        );
     }
-    eprintln!("{batches} batches: {accepted} accepted, {rejected} rejected, {decided} decisions compared; refusals: {reasons:?}");
+    eprintln!(
+        "{batches} batches: {accepted} accepted, {rejected} rejected, {decided} decisions compared; refusals: {reasons:?}"
+    );
     assert!(accepted > batches / 10, "accepted {accepted} of {batches}");
     assert!(rejected > batches / 10, "rejected {rejected} of {batches}");
     assert!(decided > 0);
@@ -516,9 +567,12 @@ fn from_json_refuses_what_the_loader_refuses() {
     for _ in 0..60 {
         // A world with one random operation applied naively.
         let op = random_op(&mut rng, &items);
-        let batch = Batch::from_json_value(json!({"operations": [op]}), &Limits::default()).unwrap();
+        let batch =
+            Batch::from_json_value(json!({"operations": [op]}), &Limits::default()).unwrap();
         let names = Names::new(&model.schema);
-        let Some(world) = apply_naively(&names, &items, &batch) else { continue };
+        let Some(world) = apply_naively(&names, &items, &batch) else {
+            continue;
+        };
         let loaded = fixed.load(&world).is_ok();
         let viewed = FactView::from_json(&model, world.clone()).is_ok();
         assert_eq!(loaded, viewed, "{batch:?}");
@@ -530,4 +584,92 @@ fn from_json_refuses_what_the_loader_refuses() {
     dup.push(items[0].clone());
     assert!(fixed.load(&dup).is_err());
     assert!(FactView::from_json(&model, dup).is_err());
+}
+
+/// Batches that break a domain rule on the shipped model are refused with
+/// the rule and the operation's field, and change nothing.
+#[test]
+fn domain_rules_refuse_batches_naming_rule_and_field() {
+    let fixed = Fixed::new();
+    let items = shipped_items();
+    let snap = fixed.load(&items).unwrap();
+    let model = Model::new(&snap.schema).unwrap();
+    let view = FactView::from_json(&model, items).unwrap();
+    let cases = [
+        // A service account among the admins (the schema forbids it too).
+        (
+            json!([{"op": "add_parent", "uid": "ServiceAccount::\"ci-bot\"", "parent": "OrgAdmins::\"acme-admins\""}]),
+            "operations[0].parent",
+            Some("R5"),
+        ),
+        (
+            json!([{"op": "upsert", "entity": {"uid": {"type": "Prefect::ServiceAccount", "id": "sa2"}, "attrs": {"org": {"__entity": {"type": "Prefect::Organization", "id": "acme"}}}, "parents": [{"type": "Prefect::Organization", "id": "acme"}, {"type": "Prefect::OrgAdmins", "id": "acme-admins"}]}}]),
+            "operations[0].entity.parents[1]",
+            Some("R5"),
+        ),
+        // A role in a workspace of an organization it is not a member of.
+        (
+            json!([{"op": "set_tag", "uid": "User::\"gina\"", "key": "acme-prod", "value": {"__entity": {"type": "Prefect::Role", "id": "viewer"}}}]),
+            "operations[0].key",
+            Some("R6"),
+        ),
+        // Leaving the organization while holding roles in its workspaces.
+        (
+            json!([{"op": "remove_parent", "uid": "User::\"bob\"", "parent": "Organization::\"acme\""}]),
+            "operations[0].parent",
+            Some("R6"),
+        ),
+        // An admin that is not a member.
+        (
+            json!([{"op": "add_parent", "uid": "User::\"hank\"", "parent": "OrgAdmins::\"acme-admins\""}]),
+            "operations[0].parent",
+            Some("R1"),
+        ),
+        // A custom role of another organization.
+        (
+            json!([{"op": "set_tag", "uid": "User::\"hank\"", "key": "globex-main", "value": {"__entity": {"type": "Prefect::Role", "id": "acme-incident-responder"}}}]),
+            "operations[0].key",
+            Some("R9"),
+        ),
+        // Two workspaces with one handle in one organization.
+        (
+            json!([{"op": "set_attr", "uid": "Workspace::\"acme-staging\"", "attr": "handle", "value": "prod"}]),
+            "operations[0].attr",
+            Some("R11"),
+        ),
+        // Deleting a workspace whose memberships remain.
+        (
+            json!([{"op": "delete", "uid": "Workspace::\"acme-prod\""}]),
+            "operations[0].uid",
+            Some("R6"),
+        ),
+        // A malformed API key digest.
+        (
+            json!([{"op": "set_attr", "uid": "User::\"bob\"", "attr": "apiKeyDigests", "value": ["secret"]}]),
+            "operations[0].attr",
+            None,
+        ),
+    ];
+    for (ops, field, rule) in cases {
+        let batch = Batch::from_json_value(json!({"operations": ops}), &Limits::default()).unwrap();
+        let e = view.apply(&model, &batch).unwrap_err();
+        assert_eq!(e.field, field, "{ops}: {e}");
+        assert_eq!(e.rule.as_deref(), rule, "{ops}: {e}");
+        assert!(
+            !e.message.contains("secret"),
+            "a malformed digest is never echoed"
+        );
+    }
+    // Deleting the workspace with its memberships is fine.
+    let holders: Vec<Value> = view
+        .to_json()
+        .into_iter()
+        .filter(|e| e["tags"].get("acme-prod").is_some())
+        .map(|e| json!({"op": "remove_tag", "uid": e["uid"], "key": "acme-prod"}))
+        .chain([json!({"op": "delete", "uid": "Workspace::\"acme-prod\""})])
+        .collect();
+    let batch = Batch::from_json_value(json!({"operations": holders}), &Limits::default()).unwrap();
+    let (next, applied) = view.apply(&model, &batch).unwrap();
+    assert_eq!(applied.deleted.len(), 1);
+    assert!(fixed.load(&next.to_json()).is_ok(), "the export loads");
 }

@@ -151,7 +151,12 @@ fn reindex<K: Clone + std::hash::Hash + Eq>(
 
 impl DomainIndex {
     /// `uid` changed from `old` to `new` (none: absent).
-    pub fn update(&mut self, uid: &EntityUID, old: Option<&ast::Entity>, new: Option<&ast::Entity>) {
+    pub fn update(
+        &mut self,
+        uid: &EntityUID,
+        old: Option<&ast::Entity>,
+        new: Option<&ast::Entity>,
+    ) {
         let (a, b) = (facets(old), facets(new));
         reindex(&mut self.ws_by_key, uid, &a.keys, &b.keys);
         reindex(&mut self.handles, uid, &a.handles, &b.handles);
@@ -335,8 +340,15 @@ impl Checker<'_> {
             return;
         };
         if !self.exists(&acc) {
-            let what = if org.is_some() { "organization" } else { "owner" };
-            self.error(uid, format!("workspace {uid}: its {what} {acc} does not exist"));
+            let what = if org.is_some() {
+                "organization"
+            } else {
+                "owner"
+            };
+            self.error(
+                uid,
+                format!("workspace {uid}: its {what} {acc} does not exist"),
+            );
         }
         let _ = owner;
         if let Some(handle) = string_attr(e, "handle")
@@ -366,7 +378,13 @@ impl Checker<'_> {
 
     /// A role used in a workspace exists and, when custom, belongs to the
     /// workspace's organization (R9).
-    fn role_use(&mut self, at: &EntityUID, role: &EntityUID, org: Option<&EntityUID>, what: String) {
+    fn role_use(
+        &mut self,
+        at: &EntityUID,
+        role: &EntityUID,
+        org: Option<&EntityUID>,
+        what: String,
+    ) {
         let message = match self.view.node(role) {
             None => Some(format!("{at}: {what} {role} does not exist")),
             Some(r) => match entity_attr(&r.entity, "org") {
@@ -433,7 +451,10 @@ impl Checker<'_> {
                 self.error(uid, format!("R6: {uid} has a role in workspace key {key:?}, but no workspace has that key"));
                 continue;
             };
-            let org = self.view.node(&ws).and_then(|w| entity_attr(&w.entity, "org"));
+            let org = self
+                .view
+                .node(&ws)
+                .and_then(|w| entity_attr(&w.entity, "org"));
             match &org {
                 Some(org) if !ancestors.contains(org) => self.error(
                     uid,

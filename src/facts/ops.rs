@@ -46,14 +46,38 @@ pub struct Batch {
 /// One operation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
-    Upsert { entity: Value },
-    Delete { uid: EntityRef },
-    SetTag { uid: EntityRef, key: String, value: Value },
-    RemoveTag { uid: EntityRef, key: String },
-    AddParent { uid: EntityRef, parent: EntityRef },
-    RemoveParent { uid: EntityRef, parent: EntityRef },
-    SetAttr { uid: EntityRef, attr: String, value: Value },
-    RemoveAttr { uid: EntityRef, attr: String },
+    Upsert {
+        entity: Value,
+    },
+    Delete {
+        uid: EntityRef,
+    },
+    SetTag {
+        uid: EntityRef,
+        key: String,
+        value: Value,
+    },
+    RemoveTag {
+        uid: EntityRef,
+        key: String,
+    },
+    AddParent {
+        uid: EntityRef,
+        parent: EntityRef,
+    },
+    RemoveParent {
+        uid: EntityRef,
+        parent: EntityRef,
+    },
+    SetAttr {
+        uid: EntityRef,
+        attr: String,
+        value: Value,
+    },
+    RemoveAttr {
+        uid: EntityRef,
+        attr: String,
+    },
 }
 
 impl Op {
@@ -102,7 +126,10 @@ impl Batch {
         let de = &mut serde_json::Deserializer::from_str(text);
         let raw: RawBatch = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            err(if path == "." { String::new() } else { path }, e.into_inner().to_string())
+            err(
+                if path == "." { String::new() } else { path },
+                e.into_inner().to_string(),
+            )
         })?;
         Self::from_raw(raw, limits)
     }
@@ -111,7 +138,10 @@ impl Batch {
     pub fn from_json_value(value: Value, limits: &Limits) -> Result<Batch, FormatError> {
         let raw: RawBatch = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
-            err(if path == "." { String::new() } else { path }, e.into_inner().to_string())
+            err(
+                if path == "." { String::new() } else { path },
+                e.into_inner().to_string(),
+            )
         })?;
         Self::from_raw(raw, limits)
     }
@@ -167,7 +197,10 @@ fn parse_op(at: &str, value: Value) -> Result<Op, FormatError> {
             ));
         }
     };
-    let mut unknown: Vec<&String> = map.keys().filter(|k| !allowed.contains(&k.as_str())).collect();
+    let mut unknown: Vec<&String> = map
+        .keys()
+        .filter(|k| !allowed.contains(&k.as_str()))
+        .collect();
     unknown.sort();
     if let Some(k) = unknown.first() {
         return Err(err(
@@ -189,7 +222,10 @@ fn parse_op(at: &str, value: Value) -> Result<Op, FormatError> {
     let uid = |v: Value, name: &str| entity_ref(&format!("{at}.{name}"), v);
     let text = |v: Value, name: &str| match v {
         Value::String(s) => Ok(s),
-        _ => Err(err(format!("{at}.{name}"), format!("`{name}` must be a string"))),
+        _ => Err(err(
+            format!("{at}.{name}"),
+            format!("`{name}` must be a string"),
+        )),
     };
     Ok(match kind.as_str() {
         "upsert" => {
@@ -339,7 +375,7 @@ mod tests {
             ),
             (json!({"operations": [], "if_revision": "x"}), "if_revision"),
             (json!({"operations": 1}), "operations"),
-            (json!({"ops": []}), ""),
+            (json!({"ops": []}), "ops"),
         ];
         for (v, field) in cases {
             let e = parse(v.clone()).unwrap_err();

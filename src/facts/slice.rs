@@ -225,7 +225,9 @@ fn step(model: &Model, view: &FactView, cur: Cur, attr: &str) -> Option<Cur> {
             PartialValue::Residual(_) => None,
         },
         Cur::Value(v) => match v.value {
-            ValueKind::Lit(Literal::EntityUID(u)) => step(model, view, Cur::Entity((*u).clone()), attr),
+            ValueKind::Lit(Literal::EntityUID(u)) => {
+                step(model, view, Cur::Entity((*u).clone()), attr)
+            }
             ValueKind::Record(r) => r.get(attr).cloned().map(Cur::Value),
             _ => None,
         },
@@ -333,7 +335,13 @@ pub fn slice(
 
 /// Decide `q` against `view`, with the policies of `snap` (its schema,
 /// policy index and literals; its entities are not read).
-pub fn decide(snap: &Snapshot, plan: &SlicePlan, model: &Model, view: &FactView, q: &Query) -> Outcome {
+pub fn decide(
+    snap: &Snapshot,
+    plan: &SlicePlan,
+    model: &Model,
+    view: &FactView,
+    q: &Query,
+) -> Outcome {
     match &q.facts {
         Facts::Loaded => {}
         Facts::Replaced(_) => return crate::engine::decide(snap, q),
@@ -349,7 +357,10 @@ pub fn decide(snap: &Snapshot, plan: &SlicePlan, model: &Model, view: &FactView,
                 ap.for_request(&q.principal, &q.resource),
                 ap.literals.as_slice(),
             ),
-            None => (Cow::Borrowed(&snap.policies), snap.policy_literals.as_slice()),
+            None => (
+                Cow::Borrowed(&snap.policies),
+                snap.policy_literals.as_slice(),
+            ),
         };
     let entities = slice(plan, model, view, q, literals);
     outcome(&AUTHORIZER.is_authorized(&q.request, policies.as_ref(), &entities))

@@ -305,7 +305,9 @@ impl FactView {
         let mut all: Vec<(String, &Node)> =
             self.nodes.iter().map(|(u, n)| (u.to_string(), n)).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
-        all.into_iter().map(|(_, n)| entity_json(&n.entity)).collect()
+        all.into_iter()
+            .map(|(_, n)| entity_json(&n.entity))
+            .collect()
     }
 
     /// Every uid, in no particular order.
@@ -467,8 +469,7 @@ impl FactView {
         let mut dirty: HashMap<EntityUID, usize> = HashMap::new();
         for (uid, new, op) in &changed {
             let old = self.nodes.get(uid).map(|n| n.entity.clone());
-            let old_parents: HashSet<&EntityUID> =
-                old.iter().flat_map(|e| e.parents()).collect();
+            let old_parents: HashSet<&EntityUID> = old.iter().flat_map(|e| e.parents()).collect();
             let new_parents: HashSet<&EntityUID> = new.iter().flat_map(|e| e.parents()).collect();
             for p in old_parents.difference(&new_parents) {
                 let empty = match next.children.get_mut(*p) {
@@ -495,7 +496,8 @@ impl FactView {
             let new_refs = new.as_ref().map(refs_of).unwrap_or_default();
             reindex(&mut next.referrers, uid, &old_refs, &new_refs);
             let keys = |e: Option<&ast::Entity>| -> HashSet<SmolStr> {
-                e.map(|e| e.tag_keys().cloned().collect()).unwrap_or_default()
+                e.map(|e| e.tag_keys().cloned().collect())
+                    .unwrap_or_default()
             };
             reindex(
                 &mut next.tag_holders,
@@ -756,13 +758,18 @@ fn probe_entity(model: &Model, json: Value) -> Result<ast::Entity, String> {
 }
 
 impl Drafts<'_> {
-    fn resolve(&self, i: usize, field: &str, r: &crate::names::EntityRef) -> Result<EntityUID, Rejection> {
+    fn resolve(
+        &self,
+        i: usize,
+        field: &str,
+        r: &crate::names::EntityRef,
+    ) -> Result<EntityUID, Rejection> {
         let uid = self.model.names.resolve_entity(r).map_err(|e| {
-            let code = match e {
-                crate::names::NameError::Malformed(_) => "invalid_reference",
-                _ => "invalid_reference",
-            };
-            Rejection::new(code, format!("operations[{i}].{field}"), e.to_string())
+            Rejection::new(
+                "invalid_reference",
+                format!("operations[{i}].{field}"),
+                e.to_string(),
+            )
         })?;
         let uid: EntityUID = uid.into();
         Ok(uid)
@@ -820,7 +827,10 @@ impl Drafts<'_> {
                     return Err(Rejection::new(
                         "invalid_entity",
                         at("entity.uid"),
-                        format!("{} is an action: actions are defined by the schema", e.uid()),
+                        format!(
+                            "{} is an action: actions are defined by the schema",
+                            e.uid()
+                        ),
                     ));
                 }
                 let uid = e.uid().clone();
@@ -929,4 +939,259 @@ fn r5_parent(entity: &Value, message: &str) -> Option<usize> {
             .and_then(Value::as_str)
             .is_some_and(|t| t.ends_with("::OrgAdmins"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::ops::Limits;
+    use cedar_policy::Schema;
+
+    fn model() -> Model {
+        let src = r#"
+            entity Group in [Group];
+            entity User in [Group] = { name: String, n?: Long } tags String;
+            entity Doc = { owner: User };
+            action read appliesTo { principal: User, resource: Doc };
+        "#;
+        Model::new(&Schema::from_cedarschema_str(src).unwrap().0).unwrap()
+    }
+
+    fn view(model: &Model) -> FactView {
+        FactView::from_json(
+            model,
+            vec![
+                json!({"uid": {"type": "Group", "id": "g1"}, "attrs": {}, "parents": [{"type": "Group", "id": "g2"}]}),
+                json!({"uid": {"type": "Group", "id": "g2"}, "attrs": {}, "parents": []}),
+                json!({"uid": {"type": "Group", "id": "g3"}, "attrs": {}, "parents": []}),
+                json!({"uid": {"type": "User", "id": "u"}, "attrs": {"name": "u"}, "parents": [{"type": "Group", "id": "g1"}], "tags": {"a": "x"}}),
+                json!({"uid": {"type": "Doc", "id": "d"}, "attrs": {"owner": {"__entity": {"type": "User", "id": "u"}}}, "parents": []}),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn batch(ops: Value) -> Batch {
+        Batch::from_json_value(json!({ "operations": ops }), &Limits::default()).unwrap()
+    }
+
+    fn ancestors(v: &FactView, uid: &str) -> Vec<String> {
+        let uid: EntityUid = uid.parse().unwrap();
+        let mut a: Vec<String> = v
+            .get(&uid)
+            .unwrap()
+            .entity
+            .ancestors()
+            .map(ToString::to_string)
+            .collect();
+        a.sort();
+        a.dedup();
+        a
+    }
+
+    #[test]
+    fn ancestors_follow_a_parent_change_above_and_only_what_changed_moves() {
+        let m = model();
+        let v = view(&m);
+        assert_eq!(
+            ancestors(&v, r#"User::"u""#),
+            [r#"Group::"g1""#, r#"Group::"g2""#]
+        );
+        let (next, applied) = v
+            .apply(&m, &batch(json!([{"op": "add_parent", "uid": "Group::\"g2\"", "parent": "Group::\"g3\""}])))
+            .unwrap();
+        assert_eq!(
+            ancestors(&next, r#"User::"u""#),
+            [r#"Group::"g1""#, r#"Group::"g2""#, r#"Group::"g3""#]
+        );
+        let mut changed: Vec<String> = applied.changed.iter().map(ToString::to_string).collect();
+        changed.sort();
+        assert_eq!(
+            changed,
+            [r#"Group::"g1""#, r#"Group::"g2""#, r#"User::"u""#]
+        );
+        assert_eq!(applied.upserted.len(), 1);
+        let rev = |v: &FactView, u: &str| v.get(&u.parse().unwrap()).unwrap().rev;
+        assert_eq!(rev(&next, r#"User::"u""#), 1);
+        assert_eq!(rev(&next, r#"Doc::"d""#), 0);
+        // The old view is untouched.
+        assert_eq!(
+            ancestors(&v, r#"User::"u""#),
+            [r#"Group::"g1""#, r#"Group::"g2""#]
+        );
+    }
+
+    #[test]
+    fn a_deleted_parent_stays_an_ancestor_without_its_own() {
+        let m = model();
+        let v = view(&m);
+        let (next, applied) = v
+            .apply(
+                &m,
+                &batch(json!([{"op": "delete", "uid": "Group::\"g1\""}])),
+            )
+            .unwrap();
+        assert_eq!(ancestors(&next, r#"User::"u""#), [r#"Group::"g1""#]);
+        assert_eq!(applied.deleted.len(), 1);
+        // Recreated under g3: the user's ancestors follow.
+        let (again, _) = next
+            .apply(&m, &batch(json!([{"op": "upsert", "entity": {"uid": {"type": "Group", "id": "g1"}, "attrs": {}, "parents": [{"type": "Group", "id": "g3"}]}}])))
+            .unwrap();
+        assert_eq!(
+            ancestors(&again, r#"User::"u""#),
+            [r#"Group::"g1""#, r#"Group::"g3""#]
+        );
+    }
+
+    #[test]
+    fn cycles_are_refused_naming_the_operation() {
+        let m = model();
+        let v = view(&m);
+        let e = v
+            .apply(
+                &m,
+                &batch(json!([
+                    {"op": "add_parent", "uid": "Group::\"g3\"", "parent": "Group::\"g1\""},
+                    {"op": "add_parent", "uid": "Group::\"g2\"", "parent": "Group::\"g3\""},
+                ])),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, "cycle");
+        assert!(e.field.starts_with("operations["), "{e}");
+        let e = v
+            .apply(&m, &batch(json!([{"op": "add_parent", "uid": "Group::\"g3\"", "parent": "Group::\"g3\""}])))
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_str()),
+            ("cycle", "operations[0].parent")
+        );
+    }
+
+    #[test]
+    fn bad_operations_name_their_field() {
+        let m = model();
+        let v = view(&m);
+        let cases = [
+            (
+                json!([{"op": "set_tag", "uid": "User::\"u\"", "key": "b", "value": "y"}, {"op": "set_tag", "uid": "User::\"u\"", "key": "c", "value": 3}]),
+                "invalid_entity",
+                "operations[1].value",
+            ),
+            (
+                json!([{"op": "set_attr", "uid": "User::\"u\"", "attr": "n", "value": "three"}]),
+                "invalid_entity",
+                "operations[0]",
+            ),
+            (
+                json!([{"op": "remove_attr", "uid": "User::\"u\"", "attr": "name"}]),
+                "invalid_entity",
+                "operations[0]",
+            ),
+            (
+                json!([{"op": "set_tag", "uid": "User::\"nobody\"", "key": "b", "value": "y"}]),
+                "not_found",
+                "operations[0].uid",
+            ),
+            (
+                json!([{"op": "remove_tag", "uid": "User::\"u\"", "key": "zz"}]),
+                "not_found",
+                "operations[0].key",
+            ),
+            (
+                json!([{"op": "remove_parent", "uid": "User::\"u\"", "parent": "Group::\"g3\""}]),
+                "not_found",
+                "operations[0].parent",
+            ),
+            (
+                json!([{"op": "add_parent", "uid": "User::\"u\"", "parent": "Doc::\"d\""}]),
+                "invalid_entity",
+                "operations[0].parent",
+            ),
+            (
+                json!([{"op": "delete", "uid": "Nope::\"x\""}]),
+                "invalid_reference",
+                "operations[0].uid",
+            ),
+            (
+                json!([{"op": "delete", "uid": "Action::\"read\""}]),
+                "invalid_reference",
+                "operations[0].uid",
+            ),
+            (
+                json!([{"op": "upsert", "entity": {"uid": {"type": "Doc", "id": "e"}, "attrs": {}, "parents": []}}]),
+                "invalid_entity",
+                "operations[0].entity",
+            ),
+        ];
+        for (ops, code, field) in cases {
+            let e = v.apply(&m, &batch(ops.clone())).unwrap_err();
+            assert_eq!((e.code, e.field.as_str()), (code, field), "{ops}: {e}");
+        }
+        let stale = Batch {
+            if_revision: Some(4),
+            ..batch(json!([]))
+        };
+        assert_eq!(v.apply(&m, &stale).unwrap_err().code, "revision_mismatch");
+    }
+
+    #[test]
+    fn edits_apply_in_order_and_the_result_reads_back() {
+        let m = model();
+        let v = view(&m);
+        let (next, applied) = v
+            .apply(
+                &m,
+                &batch(json!([
+                    {"op": "set_attr", "uid": "User::\"u\"", "attr": "n", "value": 3},
+                    {"op": "remove_attr", "uid": "User::\"u\"", "attr": "n"},
+                    {"op": "set_attr", "uid": "User::\"u\"", "attr": "n", "value": 4},
+                    {"op": "set_tag", "uid": "User::\"u\"", "key": "b", "value": "y"},
+                    {"op": "remove_tag", "uid": "User::\"u\"", "key": "a"},
+                    {"op": "remove_parent", "uid": "User::\"u\"", "parent": "Group::\"g1\""},
+                    {"op": "add_parent", "uid": "User::\"u\"", "parent": "Group::\"g3\""},
+                ])),
+            )
+            .unwrap();
+        let (uid, json) = &applied.upserted[0];
+        assert_eq!(uid.to_string(), r#"User::"u""#);
+        let back = Entity::from_json_value(json.clone(), Some(&m.schema)).unwrap();
+        assert_eq!(
+            back.attr("n").unwrap().unwrap(),
+            cedar_policy::EvalResult::Long(4)
+        );
+        assert_eq!(
+            back.tag("b").unwrap().unwrap(),
+            cedar_policy::EvalResult::String("y".into())
+        );
+        assert!(back.tag("a").is_none());
+        assert_eq!(ancestors(&next, r#"User::"u""#), [r#"Group::"g3""#]);
+        // A batch that changes nothing changes no entity.
+        let (_, applied) = next
+            .apply(
+                &m,
+                &batch(json!([{"op": "set_tag", "uid": "User::\"u\"", "key": "b", "value": "y"}])),
+            )
+            .unwrap();
+        assert!(applied.changed.is_empty());
+    }
+
+    #[test]
+    fn from_json_refuses_duplicates_bad_items_and_cycles() {
+        let m = model();
+        let g = |id: &str, p: &str| json!({"uid": {"type": "Group", "id": id}, "attrs": {}, "parents": [{"type": "Group", "id": p}]});
+        let e = FactView::from_json(&m, vec![g("a", "b"), g("a", "b")]).unwrap_err();
+        assert_eq!(e[0].field, "items[1]");
+        let e = FactView::from_json(
+            &m,
+            vec![
+                g("a", "b"),
+                json!({"uid": {"type": "Doc", "id": "d"}, "attrs": {}, "parents": []}),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(e[0].field, "items[1]");
+        let e = FactView::from_json(&m, vec![g("a", "b"), g("b", "c"), g("c", "a")]).unwrap_err();
+        assert_eq!(e[0].code, "cycle");
+        assert!(FactView::from_json(&m, vec![g("a", "b"), g("b", "c")]).is_ok());
+    }
 }
