@@ -2,7 +2,9 @@
 //!
 //! Data flows one way: files -> [`load`] -> [`snapshot::Snapshot`] ->
 //! [`engine`] -> the callers ([`cli`], [`http`] through [`pdp`]). Each module owns
-//! one thing and says so in its first lines.
+//! one thing and says so in its first lines. [`facts`] keeps facts live: a
+//! revisioned view changed by batches of operations, decided on through
+//! request-scoped slices.
 
 pub mod cli;
 pub mod diag;

@@ -17,8 +17,21 @@ use cedar_policy_core::ast::{self, EntityUID, Literal, PartialValue, ValueKind};
 use imbl::{HashMap as PMap, HashSet as PSet};
 use smol_str::SmolStr;
 
-use super::view::FactView;
 use crate::gateway::keys;
+
+/// What the checks read of a set of facts (a fact view implements it).
+pub trait Lookup {
+    /// An entity, with its closed ancestors.
+    fn entity(&self, uid: &EntityUID) -> Option<&ast::Entity>;
+    /// The entities naming `uid` as a direct parent.
+    fn children(&self, uid: &EntityUID) -> Option<&PSet<EntityUID>>;
+    /// The entities whose attributes or tags name `uid`.
+    fn referrers(&self, uid: &EntityUID) -> Option<&PSet<EntityUID>>;
+    /// The entities holding a tag keyed `key`.
+    fn tag_holders(&self, key: &str) -> Option<&PSet<EntityUID>>;
+    /// The domain's indexes.
+    fn domain(&self) -> &DomainIndex;
+}
 
 const NS: &str = "Prefect";
 
@@ -175,11 +188,16 @@ impl DomainIndex {
     }
 }
 
-fn descendants(view: &FactView, from: &EntityUID, out: &mut HashMap<EntityUID, usize>, op: usize) {
+fn descendants(
+    view: &dyn Lookup,
+    from: &EntityUID,
+    out: &mut HashMap<EntityUID, usize>,
+    op: usize,
+) {
     let mut queue: VecDeque<EntityUID> = VecDeque::from([from.clone()]);
     let mut seen: HashSet<EntityUID> = HashSet::new();
     while let Some(u) = queue.pop_front() {
-        if let Some(kids) = view.children.get(&u) {
+        if let Some(kids) = view.children(&u) {
             for k in kids {
                 if seen.insert(k.clone()) {
                     out.entry(k.clone()).or_insert(op);
@@ -195,8 +213,8 @@ fn descendants(view: &FactView, from: &EntityUID, out: &mut HashMap<EntityUID, u
 /// value, last operation on it), `below` every entity below one whose
 /// parents or existence changed.
 pub(super) fn targets(
-    before: &FactView,
-    after: &FactView,
+    before: &dyn Lookup,
+    after: &dyn Lookup,
     changed: &[(EntityUID, Option<ast::Entity>, usize)],
     below: &HashMap<EntityUID, usize>,
 ) -> HashMap<EntityUID, usize> {
@@ -210,7 +228,7 @@ pub(super) fn targets(
         out.entry(uid.clone()).or_insert(*op);
     }
     for (uid, new, op) in changed {
-        let old = before.node(uid).map(|n| &*n.entity);
+        let old = before.entity(uid);
         let attrs_changed = match (old, new) {
             (Some(o), Some(n)) => {
                 o.attrs().collect::<std::collections::BTreeMap<_, _>>()
@@ -222,14 +240,14 @@ pub(super) fn targets(
         if !attrs_changed {
             continue;
         }
-        if let Some(refs) = after.referrers.get(uid) {
+        if let Some(refs) = after.referrers(uid) {
             for r in refs {
                 out.entry(r.clone()).or_insert(*op);
             }
         }
         let (a, b) = (facets(old), facets(new.as_ref()));
         for key in a.keys.union(&b.keys) {
-            if let Some(holders) = after.tag_holders.get(key) {
+            if let Some(holders) = after.tag_holders(key) {
                 for h in holders {
                     out.entry(h.clone()).or_insert(*op);
                 }
@@ -244,7 +262,7 @@ pub(super) fn targets(
 
 /// Run the checks of `targets` on `view`: (entity, message) for each error.
 pub(super) fn check<'a>(
-    view: &FactView,
+    view: &dyn Lookup,
     targets: impl Iterator<Item = &'a EntityUID>,
 ) -> Vec<(EntityUID, String)> {
     let mut c = Checker {
@@ -252,8 +270,7 @@ pub(super) fn check<'a>(
         out: Vec::new(),
     };
     for uid in targets {
-        let Some(node) = view.node(uid) else { continue };
-        let e = &*node.entity;
+        let Some(e) = view.entity(uid) else { continue };
         match kind(uid).as_deref() {
             Some("Workspace") => c.workspace(e),
             Some("Organization") => {
@@ -297,7 +314,7 @@ pub(super) fn check<'a>(
 }
 
 struct Checker<'a> {
-    view: &'a FactView,
+    view: &'a dyn Lookup,
     out: Vec<(EntityUID, String)>,
 }
 
@@ -309,12 +326,12 @@ impl Checker<'_> {
     /// Does the entity exist (actions are not in the view: an action exists
     /// when the schema declares it, and no domain reference names one)?
     fn exists(&self, uid: &EntityUID) -> bool {
-        self.view.node(uid).is_some()
+        self.view.entity(uid).is_some()
     }
 
     fn workspace(&mut self, e: &ast::Entity) {
         let uid = e.uid();
-        let domain = &self.view.domain;
+        let domain = self.view.domain();
         if let Some(key) = string_attr(e, "key")
             && let Some(holders) = domain.ws_by_key.get(&key)
             && holders.len() > 1
@@ -334,7 +351,6 @@ impl Checker<'_> {
             );
         }
         let org = entity_attr(e, "org");
-        let owner = entity_attr(e, "owner");
         let Some(acc) = account(e) else {
             self.error(uid, format!("workspace {uid}: exactly one of `org` (organization workspace) and `owner` (personal workspace) must be set"));
             return;
@@ -350,7 +366,6 @@ impl Checker<'_> {
                 format!("workspace {uid}: its {what} {acc} does not exist"),
             );
         }
-        let _ = owner;
         if let Some(handle) = string_attr(e, "handle")
             && let Some(holders) = domain.handles.get(&(acc.clone(), handle.clone()))
             && holders.len() > 1
@@ -385,9 +400,9 @@ impl Checker<'_> {
         org: Option<&EntityUID>,
         what: String,
     ) {
-        let message = match self.view.node(role) {
+        let message = match self.view.entity(role) {
             None => Some(format!("{at}: {what} {role} does not exist")),
-            Some(r) => match entity_attr(&r.entity, "org") {
+            Some(r) => match entity_attr(r, "org") {
                 Some(role_org) if Some(&role_org) != org => {
                     let place = org
                         .map(|o| format!("a workspace of {o}"))
@@ -416,7 +431,7 @@ impl Checker<'_> {
                     uid,
                     format!("R5: service account {uid} is among the admins {a}; a service account is only ever a Member"),
                 ),
-                "OrgAdmins" => match self.view.domain.org_of_admins(a) {
+                "OrgAdmins" => match self.view.domain().org_of_admins(a) {
                     Some(org) if ancestors.contains(&org) => {}
                     Some(org) => self.error(uid, format!("R1: {uid} is an admin of {org} ({a}) but not a member of it; add {org} to its parents")),
                     None => self.error(uid, format!("{uid}: admin group {a} belongs to no organization")),
@@ -443,7 +458,7 @@ impl Checker<'_> {
             };
             let ws = self
                 .view
-                .domain
+                .domain()
                 .ws_by_key
                 .get(key)
                 .and_then(|set| set.iter().min_by_key(|w| w.to_string()).cloned());
@@ -451,10 +466,7 @@ impl Checker<'_> {
                 self.error(uid, format!("R6: {uid} has a role in workspace key {key:?}, but no workspace has that key"));
                 continue;
             };
-            let org = self
-                .view
-                .node(&ws)
-                .and_then(|w| entity_attr(&w.entity, "org"));
+            let org = self.view.entity(&ws).and_then(|w| entity_attr(w, "org"));
             match &org {
                 Some(org) if !ancestors.contains(org) => self.error(
                     uid,
@@ -481,7 +493,7 @@ impl Checker<'_> {
                 self.error(uid, format!("{uid}: `{}` entry #{} is not a SHA-256 digest: store 64 lowercase hex digits (`printf %s KEY | sha256sum`), never the key itself", keys::DIGEST_ATTR, i + 1));
                 continue;
             }
-            if let Some(holders) = self.view.domain.digests.get(digest)
+            if let Some(holders) = self.view.domain().digests.get(digest)
                 && let Some(other) = holders.iter().find(|h| *h != uid)
             {
                 self.error(uid, format!("{uid}: API key digest {}... is also held by {other}; a key names exactly one principal", &digest[..12]));

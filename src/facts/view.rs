@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 use smol_str::SmolStr;
 
 use super::Model;
-use super::check::{self, DomainIndex};
+use super::check::{self, DomainIndex, Lookup};
 use super::ops::{Batch, Op};
 
 /// One entity at a revision.
@@ -259,6 +259,28 @@ fn with_closure(e: &ast::Entity, closure: &HashSet<EntityUID>) -> ast::Entity {
 fn same_closure(e: &ast::Entity, closure: &HashSet<EntityUID>) -> bool {
     let mine: HashSet<&EntityUID> = e.ancestors().collect();
     mine.len() == closure.len() && closure.iter().all(|a| mine.contains(a))
+}
+
+impl Lookup for FactView {
+    fn entity(&self, uid: &EntityUID) -> Option<&ast::Entity> {
+        self.nodes.get(uid).map(|n| &*n.entity)
+    }
+
+    fn children(&self, uid: &EntityUID) -> Option<&PSet<EntityUID>> {
+        self.children.get(uid)
+    }
+
+    fn referrers(&self, uid: &EntityUID) -> Option<&PSet<EntityUID>> {
+        self.referrers.get(uid)
+    }
+
+    fn tag_holders(&self, key: &str) -> Option<&PSet<EntityUID>> {
+        self.tag_holders.get(key)
+    }
+
+    fn domain(&self) -> &DomainIndex {
+        &self.domain
+    }
 }
 
 impl FactView {
