@@ -93,6 +93,25 @@ fn wire(principal: &str, action: &str, resource: &str, extra: Option<&Value>) ->
 /// Request-scoped facts a gateway might send: a new member with an explicit
 /// role in acme-prod, holding a new custom role.
 fn new_member() -> Value {
+    // Runner's scopes, run_deployments raised to manage_deployments.
+    let grants: Vec<Value> = [
+        "run_flows",
+        "see_blocks",
+        "manage_deployments",
+        "see_notifications",
+        "see_work_queues",
+        "see_concurrency_limits",
+        "see_events",
+        "see_automations",
+        "see_work_pools",
+        "see_workers",
+        "see_artifacts",
+        "see_variables",
+        "see_incidents",
+    ]
+    .iter()
+    .map(|a| json!({"__entity": {"type": "Prefect::Action", "id": a}}))
+    .collect();
     json!([
         {
             "uid": {"type": "Prefect::User", "id": "zoe"},
@@ -103,25 +122,20 @@ fn new_member() -> Value {
         {
             "uid": {"type": "Prefect::Role", "id": "acme-release"},
             "attrs": {"name": "Release", "builtin": false,
-                      "org": {"__entity": {"type": "Prefect::Organization", "id": "acme"}}},
-            "parents": [
-                {"type": "Prefect::Role", "id": "runner"},
-                {"type": "Prefect::Scope", "id": "manage_deployments"},
-            ],
+                      "org": {"__entity": {"type": "Prefect::Organization", "id": "acme"}},
+                      "grants": grants},
+            "parents": [],
         },
     ])
 }
 
-/// A re-parented loaded entity: `runner` no longer inherits `viewer`, which
-/// changes the ancestors of loaded roles below it (decided on the whole store).
-fn reparented_role() -> Value {
+/// A re-parented loaded entity: alice, acme's Admin, no longer in its admin
+/// group, which changes her ancestors (decided on the whole store).
+fn reparented_admin() -> Value {
     json!([{
-        "uid": {"type": "Prefect::Role", "id": "runner"},
-        "attrs": {"name": "Runner", "builtin": true},
-        "parents": [
-            {"type": "Prefect::Scope", "id": "run_flows"},
-            {"type": "Prefect::Scope", "id": "run_deployments"},
-        ],
+        "uid": {"type": "Prefect::User", "id": "alice"},
+        "attrs": {"email": "alice@acme.example"},
+        "parents": [{"type": "Prefect::Organization", "id": "acme"}],
     }])
 }
 
@@ -161,20 +175,19 @@ fn bench_decide(c: &mut Criterion) {
     group.bench_function("new_member", |b| {
         b.iter(|| engine::decide(&snap, black_box(&q)))
     });
-    // Re-parenting: ci-bot is a Runner in acme-prod; once Runner no longer
-    // inherits Viewer it loses see_events (default roles never apply to
-    // service accounts).
+    // Re-parenting: alice, no longer an Admin, loses the admin override on
+    // acme-staging (default No Access, no role of hers).
     let q = prepared(
         &snap,
         &wire(
-            r#"ServiceAccount::"ci-bot""#,
-            "see_events",
-            r#"Workspace::"acme-prod""#,
-            Some(&reparented_role()),
+            r#"User::"alice""#,
+            "delete:workspace",
+            r#"Workspace::"acme-staging""#,
+            Some(&reparented_admin()),
         ),
     );
     assert_eq!(engine::decide(&snap, &q).decision, Decision::Deny);
-    group.bench_function("reparented_role", |b| {
+    group.bench_function("reparented_admin", |b| {
         b.iter(|| engine::decide(&snap, black_box(&q)))
     });
     group.finish();

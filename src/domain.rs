@@ -10,7 +10,8 @@
 //! * R6: an explicit workspace role (a tag) is held only by a member of the
 //!   workspace's organization, or by a user invited to a personal workspace;
 //!   a service account belongs to the organization it names.
-//! * R9: a custom role is used only in workspaces of its own organization.
+//! * R9: a custom role is used only in workspaces of its own organization,
+//!   and a role grants workspace scopes only (actions in `workspace_scope`).
 //! * R11: a workspace's handle is unique within its organization or account.
 //! * API keys: every `apiKeyDigests` entry is a SHA-256 digest (64 lowercase
 //!   hex digits), and no two principals hold the same one.
@@ -169,6 +170,7 @@ pub fn check(
                         format!("custom role {uid}: organization {org} does not exist"),
                     );
                 }
+                check_grants(&mut c, e);
             }
             _ => {}
         }
@@ -279,6 +281,34 @@ fn check_workspace<'a>(
             c.error(
                 &uid,
                 format!("workspace {uid}: `{attr}` names {target}, which does not exist"),
+            );
+        }
+    }
+}
+
+/// Every action a role grants is a workspace scope: a member of the
+/// `workspace_scope` action group (an unknown action is in no group).
+fn check_grants(c: &mut Checker<'_>, role: &Entity) {
+    let Some(Ok(EvalResult::Set(grants))) = role.attr("grants") else {
+        return;
+    };
+    let group: EntityUid = match format!("{NS}::Action::\"workspace_scope\"").parse() {
+        Ok(g) => g,
+        Err(_) => return,
+    };
+    for grant in grants.iter() {
+        let EvalResult::EntityUid(action) = grant else {
+            continue;
+        };
+        let is_scope = c
+            .entities
+            .ancestors(action)
+            .is_some_and(|mut up| up.any(|a| *a == group));
+        if !is_scope {
+            let uid = role.uid();
+            c.error(
+                &uid,
+                format!("R9: role {uid} grants {action}, which is not a workspace scope (an action in {group}); a role grants workspace scopes only"),
             );
         }
     }

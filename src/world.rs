@@ -5,14 +5,15 @@
 //! Admin), service accounts, workspaces with assorted default roles, custom
 //! roles, and explicit workspace memberships (tags) spread over its
 //! principals and workspaces, plus personal workspaces with collaborators.
-//! Scopes and built-in roles are the shipped ones. The same spec and seed
-//! always give the same files.
+//! Scopes (the schema's workspace actions) and built-in roles are the
+//! shipped ones; a custom role grants a built-in role's scopes and a few
+//! more. The same spec and seed always give the same files.
 
 use std::path::Path;
 
 use serde_json::{Value, json};
 
-const SCOPES: &str = include_str!("../entities/scopes.json");
+const SCHEMA: &str = include_str!("../schema/prefect.cedarschema");
 const ROLES: &str = include_str!("../entities/roles.json");
 const BUILTIN: [&str; 5] = ["viewer", "runner", "developer", "owner", "worker"];
 const DEFAULTS: [Option<&str>; 5] = [
@@ -98,6 +99,28 @@ pub fn workspace_id(o: usize, w: usize) -> String {
     format!("org{o}-ws{w}")
 }
 
+/// The workspace scopes of the shipped schema (the actions in
+/// `workspace_scope`), sorted.
+fn scopes() -> Result<Vec<String>, String> {
+    let (schema, _) =
+        cedar_policy::Schema::from_cedarschema_str(SCHEMA).map_err(|e| e.to_string())?;
+    let actions = schema.action_entities().map_err(|e| e.to_string())?;
+    let group: cedar_policy::EntityUid = r#"Prefect::Action::"workspace_scope""#
+        .parse()
+        .map_err(|e: cedar_policy::ParseErrors| e.to_string())?;
+    let mut ids: Vec<String> = actions
+        .iter()
+        .filter(|a| {
+            actions
+                .ancestors(&a.uid())
+                .is_some_and(|mut up| up.any(|x| *x == group))
+        })
+        .map(|a| a.uid().id().unescaped().to_string())
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
 /// The world as entity files: `(relative path, JSON array)`.
 pub fn generate(spec: &WorldSpec) -> Result<Vec<(String, Value)>, String> {
     let principals = spec.users_per_org + spec.service_accounts_per_org;
@@ -111,18 +134,18 @@ pub fn generate(spec: &WorldSpec) -> Result<Vec<(String, Value)>, String> {
             spec.workspaces_per_org
         ));
     }
-    let scopes: Vec<Value> = serde_json::from_str(SCOPES).map_err(|e| e.to_string())?;
-    let scope_ids: Vec<String> = scopes
-        .iter()
-        .filter_map(|s| s["uid"]["id"].as_str().map(String::from))
-        .collect();
-    let mut files = vec![
-        ("scopes.json".to_string(), Value::Array(scopes)),
-        (
-            "roles.json".to_string(),
-            serde_json::from_str(ROLES).map_err(|e| e.to_string())?,
-        ),
-    ];
+    let scope_ids = scopes()?;
+    let roles: Value = serde_json::from_str(ROLES).map_err(|e| e.to_string())?;
+    let grants_of = |role: &str| -> Vec<Value> {
+        roles
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["uid"]["id"] == role)
+            .and_then(|r| r["attrs"]["grants"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let mut files = vec![("roles.json".to_string(), roles.clone())];
     let mut rng = Rng(spec.seed);
     let mut remaining = spec.memberships;
     for o in 0..spec.orgs {
@@ -136,12 +159,15 @@ pub fn generate(spec: &WorldSpec) -> Result<Vec<(String, Value)>, String> {
             .map(|r| format!("{org}-role{r}"))
             .collect();
         for id in &custom {
-            let mut parents = vec![uid("Role", BUILTIN[rng.below(2)])];
+            // A built-in role's scopes (inherited) and three more.
+            let mut grants = grants_of(BUILTIN[rng.below(2)]);
             for _ in 0..3 {
-                parents.push(uid("Scope", &scope_ids[rng.below(scope_ids.len())]));
+                let scope = entity_ref("Action", &scope_ids[rng.below(scope_ids.len())]);
+                if !grants.contains(&scope) {
+                    grants.push(scope);
+                }
             }
-            parents.dedup();
-            out.push(json!({ "uid": uid("Role", id), "attrs": { "name": id, "builtin": false, "org": entity_ref("Organization", &org) }, "parents": parents }));
+            out.push(json!({ "uid": uid("Role", id), "attrs": { "name": id, "builtin": false, "org": entity_ref("Organization", &org), "grants": grants }, "parents": [] }));
         }
         for w in 0..spec.workspaces_per_org {
             let id = workspace_id(o, w);
@@ -228,6 +254,33 @@ mod tests {
             .map(|t| t.len())
             .sum();
         assert_eq!(tags, 333 + spec.personal);
+    }
+
+    #[test]
+    fn custom_roles_grant_the_schema_s_workspace_scopes() {
+        let scopes = scopes().unwrap();
+        assert_eq!(scopes.len(), 46);
+        assert!(scopes.iter().any(|s| s == "see_flows"));
+        assert!(
+            !scopes
+                .iter()
+                .any(|s| s == "workspace_scope" || s == "delete:workspace")
+        );
+        let world = generate(&WorldSpec::default()).unwrap();
+        let custom: Vec<&Value> = world
+            .iter()
+            .flat_map(|(_, v)| v.as_array().unwrap())
+            .filter(|e| e["uid"]["type"] == "Prefect::Role" && e["attrs"]["builtin"] == false)
+            .collect();
+        assert_eq!(custom.len(), 10 * 2);
+        for role in custom {
+            let grants = role["attrs"]["grants"].as_array().unwrap();
+            assert!(grants.len() > 3, "{role}");
+            for g in grants {
+                let id = g["__entity"]["id"].as_str().unwrap();
+                assert!(scopes.iter().any(|s| s == id), "{id}");
+            }
+        }
     }
 
     #[test]

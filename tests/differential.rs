@@ -462,6 +462,15 @@ fn shipped_model_with_additional_entities_decides_as_plain_cedar() {
             "tags": tags,
         })
     };
+    let action_ref = |id: &str| json!({"__entity": {"type": "Prefect::Action", "id": id}});
+    let builtin = |id: &str, name: &str, grants: &[&str]| {
+        let grants: Vec<Value> = grants.iter().map(|a| action_ref(a)).collect();
+        json!({
+            "uid": {"type": "Prefect::Role", "id": id},
+            "attrs": {"name": name, "builtin": true, "grants": grants},
+            "parents": [],
+        })
+    };
     let acme = json!({"type": "Prefect::Organization", "id": "acme"});
     let acme_admins = json!({"type": "Prefect::OrgAdmins", "id": "acme-admins"});
     let scenarios: Vec<(&str, Vec<Value>)> = vec![
@@ -486,25 +495,21 @@ fn shipped_model_with_additional_entities_decides_as_plain_cedar() {
             vec![user("alice", json!([]), json!({}))],
         ),
         (
-            // Re-parenting an inner node: `developer` (loaded) inherits
-            // `runner`, which no longer inherits `viewer`.
-            "a built-in role no longer inheriting another",
-            vec![json!({
-                "uid": {"type": "Prefect::Role", "id": "runner"},
-                "attrs": {"name": "Runner", "builtin": true},
-                "parents": [
-                    {"type": "Prefect::Scope", "id": "run_flows"},
-                    {"type": "Prefect::Scope", "id": "run_deployments"},
-                ],
-            })],
+            "a built-in role losing the scopes it inherited",
+            vec![builtin(
+                "runner",
+                "Runner",
+                &["run_flows", "run_deployments"],
+            )],
         ),
         (
-            "a scope no longer implied by its stronger scope",
-            vec![json!({
-                "uid": {"type": "Prefect::Scope", "id": "run_flows"},
-                "attrs": {},
-                "parents": [],
-            })],
+            // The weaker scopes follow through the schema's action groups.
+            "a built-in role granting stronger scopes",
+            vec![builtin(
+                "viewer",
+                "Viewer",
+                &["manage_flows", "manage_events"],
+            )],
         ),
         (
             "a new workspace with a new custom role",
@@ -520,11 +525,14 @@ fn shipped_model_with_additional_entities_decides_as_plain_cedar() {
                 }),
                 json!({
                     "uid": {"type": "Prefect::Role", "id": "acme-new-role"},
-                    "attrs": {"name": "New", "builtin": false, "org": {"__entity": acme}},
-                    "parents": [
-                        {"type": "Prefect::Role", "id": "worker"},
-                        {"type": "Prefect::Scope", "id": "manage_events"},
-                    ],
+                    "attrs": {"name": "New", "builtin": false, "org": {"__entity": acme}, "grants": [
+                        action_ref("run_flows"),
+                        action_ref("see_blocks"),
+                        action_ref("see_deployments"),
+                        action_ref("write_workers"),
+                        action_ref("manage_events"),
+                    ]},
+                    "parents": [],
                 }),
             ],
         ),

@@ -124,6 +124,29 @@ impl World {
     fn remove(&self, rel: &str) {
         std::fs::remove_file(self.entities().join(rel)).unwrap();
     }
+
+    /// A hierarchy several levels deep across files, which the platform's
+    /// model does not have: a second schema file declares `Test::Group in
+    /// [Group]`, and `groups/` holds `top`, `mid` (in `top`) and two leaves
+    /// (in `mid`), one file each.
+    fn add_groups(&self) {
+        std::fs::write(
+            self.dir.path().join("schema").join("groups.cedarschema"),
+            "namespace Test { entity Group in [Group]; }\n",
+        )
+        .unwrap();
+        let group = |id: &str, parent: Option<&str>| {
+            let parents: Vec<Value> = parent
+                .map(|p| json!({ "type": "Test::Group", "id": p }))
+                .into_iter()
+                .collect();
+            json!({ "uid": { "type": "Test::Group", "id": id }, "attrs": {}, "parents": parents })
+        };
+        self.write("groups/top.json", &[group("top", None)]);
+        self.write("groups/mid.json", &[group("mid", Some("top"))]);
+        self.write("groups/leaf-a.json", &[group("leaf-a", Some("mid"))]);
+        self.write("groups/leaf-b.json", &[group("leaf-b", Some("mid"))]);
+    }
 }
 
 /// The reloader's build: read the files, build after `previous`.
@@ -383,7 +406,7 @@ fn random_edit(w: &World, rng: &mut Rng, n: usize) -> (String, bool) {
             (format!("define {} again in {to}", id(&entity)), true)
         }
         8 => {
-            // Two roles in one another: a cycle.
+            // Two roles in one another: the schema has no role hierarchy.
             let roles: Vec<usize> = (0..items.len())
                 .filter(|&i| ty(&items[i]) == "Prefect::Role")
                 .collect();
@@ -405,22 +428,26 @@ fn random_edit(w: &World, rng: &mut Rng, n: usize) -> (String, bool) {
             (format!("put {ida} and {idb} in one another"), true)
         }
         9 => {
-            // Remove a scope: the roles below it keep it as a parent.
-            let Some((srel, scopes)) = files
-                .iter()
-                .find(|(_, items)| items.iter().any(|e| ty(e) == "Prefect::Scope"))
-            else {
-                return ("no scope left".into(), false);
-            };
-            let at: Vec<usize> = (0..scopes.len())
-                .filter(|&i| ty(&scopes[i]) == "Prefect::Scope")
+            // A role grants one more scope, or one fewer.
+            let roles: Vec<usize> = (0..items.len())
+                .filter(|&i| ty(&items[i]) == "Prefect::Role")
                 .collect();
-            let i = *rng.pick(&at).unwrap();
-            let what = id(&scopes[i]).to_string();
-            w.edit(srel, |items| {
-                items.remove(i);
+            let Some(&i) = rng.pick(&roles) else {
+                return (format!("no role in {rel}"), false);
+            };
+            let scope = ["see_flows", "manage_flows", "write_workers", "run_tasks"][rng.below(4)];
+            let scope = json!({ "__entity": { "type": "Prefect::Action", "id": scope } });
+            let what = id(&items[i]).to_string();
+            w.edit(&rel, |items| {
+                let grants = items[i]["attrs"]["grants"].as_array_mut().unwrap();
+                match grants.iter().position(|g| *g == scope) {
+                    Some(at) => {
+                        grants.remove(at);
+                    }
+                    None => grants.push(scope),
+                }
             });
-            (format!("remove scope {what} from {srel}"), false)
+            (format!("toggle a scope of {what} in {rel}"), false)
         }
         _ => {
             // A workspace's handle becomes that of another (R11 when they share an org).
@@ -509,35 +536,26 @@ fn an_edit_of_one_file_parses_that_file_only_and_loses_a_parent() {
 #[test]
 fn removing_a_parent_keeps_it_as_the_parent_of_its_descendants_as_a_full_load_does() {
     let w = World::new();
+    w.add_groups();
     let first = load::load(&w.paths()).unwrap();
-    // `see_flows` is the weakest flow scope: stronger scopes and roles are below it.
-    w.edit("scopes.json", |items| {
-        items.retain(|e| id(e) != "see_flows")
-    });
-    let next = both(&w, &first, "remove see_flows").unwrap();
-    let see: cedar_policy::EntityUid = r#"Prefect::Scope::"see_flows""#.parse().unwrap();
-    let viewer: cedar_policy::EntityUid = r#"Prefect::Role::"viewer""#.parse().unwrap();
-    assert!(next.entities.get(&see).is_none());
+    // `mid` is below `top`, and the leaves (in two other files) below `mid`.
+    let original = w.read("groups/mid.json");
+    w.remove("groups/mid.json");
+    let next = both(&w, &first, "remove mid").unwrap();
+    let mid: cedar_policy::EntityUid = r#"Test::Group::"mid""#.parse().unwrap();
+    let leaf: cedar_policy::EntityUid = r#"Test::Group::"leaf-a""#.parse().unwrap();
+    assert!(next.entities.get(&mid).is_none());
     assert!(
-        next.entities.is_ancestor_of(&see, &viewer),
+        next.entities.is_ancestor_of(&mid, &leaf),
         "a dangling parent"
     );
     assert!(
         next.entity_files_parsed > 1,
         "the files below it parsed again"
     );
-    // And back: the scope returns above them.
-    w.restore(&{
-        let mut t = w.texts();
-        let original = world::generate(&spec()).unwrap();
-        let scopes = original.iter().find(|(n, _)| n == "scopes.json").unwrap();
-        t.insert(
-            "scopes.json".into(),
-            serde_json::to_string(&scopes.1).unwrap(),
-        );
-        t
-    });
-    let back = both(&w, &next, "restore see_flows").unwrap();
+    // And back: the group returns above them.
+    w.write("groups/mid.json", &original);
+    let back = both(&w, &next, "restore mid").unwrap();
     assert_eq!(facts(&back), facts(&first));
 }
 
@@ -572,24 +590,24 @@ fn a_duplicate_across_a_kept_and_a_changed_file_names_both_in_either_order() {
 #[test]
 fn a_cycle_through_a_kept_file_is_refused_as_by_a_full_load() {
     let w = World::new();
+    w.add_groups();
     let first = load::load(&w.paths()).unwrap();
-    // A role of org1 below org0's first custom role (valid) ...
-    w.edit("orgs/org1.json", |items| {
+    // A group below `leaf-a`, in the file of `leaf-b` (valid) ...
+    w.edit("groups/leaf-b.json", |items| {
         items.push(json!({
-            "uid": uid("Role", "extra"),
-            "attrs": { "name": "extra", "builtin": false, "org": { "__entity": uid("Organization", "org1") } },
-            "parents": [uid("Role", "org0-role0")],
+            "uid": { "type": "Test::Group", "id": "extra" },
+            "attrs": {},
+            "parents": [{ "type": "Test::Group", "id": "leaf-a" }],
         }));
     });
     let next = both(&w, &first, "add extra").unwrap();
     assert_eq!(next.entity_files_parsed, 1);
-    // ... then org0's role below it, in org0's file only.
-    w.edit("orgs/org0.json", |items| {
-        let role = items.iter_mut().find(|e| id(e) == "org0-role0").unwrap();
-        role["parents"]
+    // ... then `leaf-a` below it, in its own file only.
+    w.edit("groups/leaf-a.json", |items| {
+        items[0]["parents"]
             .as_array_mut()
             .unwrap()
-            .push(uid("Role", "extra"));
+            .push(json!({ "type": "Test::Group", "id": "extra" }));
     });
     let errors = both(&w, &next, "close the cycle").unwrap_err();
     assert!(

@@ -267,6 +267,34 @@ fn r9_custom_role_of_another_org_is_refused() {
     m.assert_points_at(&d, "entities/globex.json", "\"globex-main\"");
 }
 
+#[test]
+fn r9_a_role_granting_an_action_that_is_not_a_workspace_scope_is_refused() {
+    let granting = |action: &str| {
+        let m = Model::shipped();
+        m.edit_entities("entities/roles.json", |items| {
+            entity(items, "Role", "worker")["attrs"]["grants"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"__entity": {"type": "Prefect::Action", "id": action}}));
+        });
+        m
+    };
+    // An action of the schema that is not a scope, or the scopes' group.
+    for action in ["delete:workspace", "workspace_scope"] {
+        let m = granting(action);
+        let d = m.only_error(&["R9", "Role::\"worker\"", action, "not a workspace scope"]);
+        m.assert_points_at(&d, "entities/roles.json", "\"worker\"");
+    }
+    // An action the schema does not declare: the schema refuses it.
+    let m = granting("no_such_scope");
+    let d = m.only_error(&[
+        "Role::\"worker\"",
+        "no_such_scope",
+        "not declared as an action",
+    ]);
+    m.assert_points_at(&d, "entities/roles.json", "\"worker\"");
+}
+
 fn org_workspace(id: &str, handle: &str, org: &str) -> Value {
     json!({
         "uid": uid("Workspace", id),
@@ -607,7 +635,7 @@ fn authorize_exits_0_on_allow_2_on_deny_1_on_an_invalid_request() {
         json!({
             "decision": "Allow",
             "diagnostics": {
-                "reason": ["union-of-default-and-explicit/manage_deployments"],
+                "reason": ["union-of-default-and-explicit"],
                 "errors": [],
             },
         })

@@ -265,6 +265,18 @@ fn index_narrows_candidates_to_related_entities() {
         ]
     );
     assert!(page.candidates <= 3, "{} candidates", page.candidates);
+    // No role carol holds (the defaults Viewer, Runner and No Access) grants
+    // manage_flows: the roles' grants leave no candidate.
+    let page = search::resources(
+        &snap,
+        &uid(r#"Prefect::User::"carol""#),
+        &uid(r#"Prefect::Action::"manage_flows""#),
+        &ws,
+        &json!({}),
+        &PageRequest::default(),
+    )
+    .unwrap();
+    assert_eq!((page.candidates, page.items.len()), (0, 0));
     // ivan belongs to nothing: no candidate at all.
     let page = search::resources(
         &snap,
@@ -297,11 +309,11 @@ fn index_narrows_candidates_to_related_entities() {
             ("alice".to_string(), vec!["admin-overrides".to_string()]),
             (
                 "bob".to_string(),
-                vec!["union-of-default-and-explicit/run_deployments".to_string()]
+                vec!["union-of-default-and-explicit".to_string()]
             ),
             (
                 "dana".to_string(),
-                vec!["union-of-default-and-explicit/run_deployments".to_string()]
+                vec!["union-of-default-and-explicit".to_string()]
             ),
         ]
     );
@@ -534,6 +546,103 @@ fn generic_model_falls_back_to_a_scan_only_where_a_policy_can_allow_anyone() {
     }
 }
 
+/// Roles carrying the actions they grant, with an action hierarchy (`edit`
+/// implies `view`), as the platform's model has them.
+const GRANTS_SCHEMA: &str = r#"
+entity Role = { grants: Set<Action> };
+entity User = { role: Role };
+entity Doc = { open: Role };
+action edit appliesTo { principal: [User], resource: [Doc] };
+action view in [edit] appliesTo { principal: [User], resource: [Doc] };
+"#;
+
+const GRANTS_POLICIES: &str = r#"
+@id("both-roles-grant")
+permit (principal, action, resource)
+when { action in principal.role.grants && action in resource.open.grants };
+"#;
+
+/// Role `r{i}` grants: nothing, `view`, `edit` (and so `view`), both.
+const ROLE_GRANTS: [&[&str]; 4] = [&[], &["view"], &["edit"], &["view", "edit"]];
+
+fn grants_snapshot(docs: usize, users: usize, seed: u64) -> (Snapshot, Vec<usize>, Vec<usize>) {
+    let mut rng = world::Rng(seed);
+    let mut entities = Vec::new();
+    for (i, grants) in ROLE_GRANTS.iter().enumerate() {
+        let grants: Vec<Value> = grants
+            .iter()
+            .map(|a| json!({"__entity": {"type": "Action", "id": a}}))
+            .collect();
+        entities.push(json!({"uid": {"type": "Role", "id": format!("r{i}")},
+            "attrs": {"grants": grants}, "parents": []}));
+    }
+    let user_roles: Vec<usize> = (0..users).map(|_| rng.below(4)).collect();
+    let doc_roles: Vec<usize> = (0..docs).map(|_| rng.below(4)).collect();
+    for (u, r) in user_roles.iter().enumerate() {
+        entities.push(json!({"uid": {"type": "User", "id": format!("u{u}")},
+            "attrs": {"role": {"__entity": {"type": "Role", "id": format!("r{r}")}}}, "parents": []}));
+    }
+    for (d, r) in doc_roles.iter().enumerate() {
+        entities.push(json!({"uid": {"type": "Doc", "id": format!("d{d}")},
+            "attrs": {"open": {"__entity": {"type": "Role", "id": format!("r{r}")}}}, "parents": []}));
+    }
+    let file = |name: &str, text: String| TextFile {
+        path: PathBuf::from(name),
+        text,
+    };
+    let snap = load::build(
+        &[file("grants.cedarschema", GRANTS_SCHEMA.to_string())],
+        &[file("grants.cedar", GRANTS_POLICIES.to_string())],
+        &[file("grants.json", Value::Array(entities).to_string())],
+    )
+    .unwrap();
+    (snap, user_roles, doc_roles)
+}
+
+#[test]
+fn action_in_a_role_s_grants_is_answered_from_the_index_exactly() {
+    let (snap, user_roles, doc_roles) = grants_snapshot(24, 8, 11);
+    assert_eq!(compare(&snap), BTreeSet::from([Strategy::Index]));
+    // Role r{i} grants `view` unless it grants nothing, and `edit` when it
+    // lists `edit`.
+    let grants = |role: usize, action: &str| match action {
+        "view" => role != 0,
+        _ => role >= 2,
+    };
+    let doc: EntityTypeName = "Doc".parse().unwrap();
+    let user: EntityTypeName = "User".parse().unwrap();
+    let ctx = json!({});
+    for action in ["view", "edit"] {
+        let a = uid(&format!(r#"Action::"{action}""#));
+        // The candidates are exactly the documents whose role grants the
+        // action (directly or through `edit`), or none when the
+        // principal's own role does not.
+        for (u, role) in user_roles.iter().enumerate() {
+            let p = uid(&format!(r#"User::"u{u}""#));
+            let page = search::resources(&snap, &p, &a, &doc, &ctx, &everything()).unwrap();
+            let want = if grants(*role, action) {
+                doc_roles.iter().filter(|r| grants(**r, action)).count()
+            } else {
+                0
+            };
+            assert_eq!(page.strategy, Strategy::Index);
+            assert_eq!(page.candidates, want, "{p} {action}");
+            assert_eq!(page.items.len(), want, "{p} {action}");
+        }
+        for (d, role) in doc_roles.iter().enumerate() {
+            let r = uid(&format!(r#"Doc::"d{d}""#));
+            let page = search::subjects(&snap, &user, &a, &r, &ctx, &everything()).unwrap();
+            let want = if grants(*role, action) {
+                user_roles.iter().filter(|r| grants(**r, action)).count()
+            } else {
+                0
+            };
+            assert_eq!(page.strategy, Strategy::Index);
+            assert_eq!(page.candidates, want, "{r} {action}");
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 8, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -730,7 +839,7 @@ async fn action_search_lists_effective_scopes() {
     assert_eq!(names.len(), 13, "{names:?}");
     assert_eq!(
         body["context"]["reason_admin"]["policies"]["see_flows"],
-        json!(["union-of-default-and-explicit/see_flows"])
+        json!(["union-of-default-and-explicit"])
     );
 }
 

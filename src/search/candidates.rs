@@ -29,6 +29,8 @@ pub(crate) struct Ctx<'a> {
     pub entities: &'a Entities,
     pub known_var: Var,
     pub known: &'a EntityUid,
+    /// The request's action (the value of `action` in a condition).
+    pub action: &'a EntityUid,
     pub unknown_type: &'a EntityTypeName,
 }
 
@@ -179,10 +181,21 @@ impl Ctx<'_> {
         }
     }
 
+    /// The value of `t` with the unknown side bound to `candidate`: `None`
+    /// when it cannot be known (the candidate is needed and not given, or
+    /// the value is one the index does not model).
     fn value(&self, t: &Term, candidate: Option<&EntityUid>) -> Option<Val> {
         match t {
             Term::Entity(e) => Some(Val::Entity(e.clone())),
             Term::Str(s) => Some(Val::Str(s.clone())),
+            Term::Action => Some(Val::Entity(self.action.clone())),
+            Term::Attr(of, path) => match self.value(of, candidate)? {
+                Val::Entity(e) => Some(self.follow(&e, path)),
+                // A record (or an extension value) is not modelled.
+                Val::Other => None,
+                // Attributes of a string or a set, or of an error: an error.
+                Val::Fail | Val::Str(_) | Val::Set(_) => Some(Val::Fail),
+            },
             Term::Path(var, path) => {
                 let root = if *var == self.known_var {
                     self.known

@@ -39,6 +39,10 @@ pub struct WorkspaceInfo {
     pub owner: Option<String>,
 }
 
+/// The built-in role that caps what a collaborator on a personal workspace
+/// holds (R10).
+const COLLABORATOR: &str = "collaborator";
+
 struct Facts<'a> {
     entities: &'a Entities,
     ns: String,
@@ -75,32 +79,40 @@ impl Facts<'_> {
         e.type_name().to_string() == format!("{}::{basename}", self.ns)
     }
 
-    fn scope(&self, action: &EntityUid) -> Option<EntityUid> {
-        let ty: EntityTypeName = format!("{}::Scope", self.ns).parse().ok()?;
-        Some(EntityUid::from_type_name_and_id(
-            ty,
-            EntityId::new(action.id().unescaped()),
-        ))
+    /// Does `role` grant `action`: do its `grants` hold the action or a
+    /// stronger scope of its family (an action group the action is in)?
+    fn grants(&self, role: &EntityUid, action: &EntityUid) -> bool {
+        match self.attr(role, "grants") {
+            Some(EvalResult::Set(grants)) => grants.iter().any(|g| match g {
+                EvalResult::EntityUid(g) => self.is_in(action, g),
+                _ => false,
+            }),
+            _ => false,
+        }
     }
 
     /// The explicit role `principal` holds in `workspace` (its tag), if it
-    /// applies there and grants `scope`.
-    fn explicit(&self, p: &EntityUid, ws: &EntityUid, scope: &EntityUid) -> Option<String> {
+    /// applies there and grants `action`.
+    fn explicit(&self, p: &EntityUid, ws: &EntityUid, action: &EntityUid) -> Option<String> {
         let key = self.string_attr(ws, "key")?;
         let role = match self.entities.get(p)?.tag(&key)?.ok()? {
             EvalResult::EntityUid(r) => r,
             _ => return None,
         };
-        if !self.is_in(&role, scope) {
+        if !self.grants(&role, action) {
             return None;
         }
         let role_id = role.id().unescaped().to_string();
         if let Some(org) = self.entity_attr(ws, "org") {
-            self.is_in(p, &org).then(|| {
+            let own_org = self
+                .entity_attr(&role, "org")
+                .is_none_or(|role_org| role_org == org);
+            (self.is_in(p, &org) && own_org).then(|| {
                 format!("explicit role `{role_id}` (tag `{key}` of {p}, a member of {org})")
             })
         } else if let Some(owner) = self.entity_attr(ws, "owner") {
-            self.is_type(p, "User").then(|| {
+            let collaborator = self.role(COLLABORATOR);
+            (self.is_type(p, "User") && self.grants(&collaborator, action)).then(|| {
                 format!("role `{role_id}` as a collaborator invited to the personal workspace of {owner} (tag `{key}`)")
             })
         } else {
@@ -108,15 +120,26 @@ impl Facts<'_> {
         }
     }
 
-    fn default_role(&self, p: &EntityUid, ws: &EntityUid, scope: &EntityUid) -> Option<String> {
+    fn default_role(&self, p: &EntityUid, ws: &EntityUid, action: &EntityUid) -> Option<String> {
         let org = self.entity_attr(ws, "org")?;
         let role = self.entity_attr(ws, "defaultRole")?;
-        (self.is_type(p, "User") && self.is_in(p, &org) && self.is_in(&role, scope)).then(|| {
-            format!(
-                "default role `{}` of the workspace, for every user of {org}",
-                role.id().unescaped()
-            )
-        })
+        let own_org = self
+            .entity_attr(&role, "org")
+            .is_none_or(|role_org| role_org == org);
+        (self.is_type(p, "User") && self.is_in(p, &org) && own_org && self.grants(&role, action))
+            .then(|| {
+                format!(
+                    "default role `{}` of the workspace, for every user of {org}",
+                    role.id().unescaped()
+                )
+            })
+    }
+
+    fn role(&self, id: &str) -> EntityUid {
+        let ty: EntityTypeName = format!("{}::Role", self.ns)
+            .parse()
+            .expect("a valid type name");
+        EntityUid::from_type_name_and_id(ty, EntityId::new(id))
     }
 
     fn org_admin(&self, p: &EntityUid, org: &EntityUid) -> Option<String> {
@@ -173,14 +196,11 @@ fn facts_for(
     action: &EntityUid,
     r: &EntityUid,
 ) -> Vec<String> {
-    let family = policy.split('/').next().unwrap_or(policy);
     let mut out = Vec::new();
-    match family {
+    match policy {
         "union-of-default-and-explicit" => {
-            if let Some(scope) = f.scope(action) {
-                out.extend(f.explicit(p, r, &scope));
-                out.extend(f.default_role(p, r, &scope));
-            }
+            out.extend(f.explicit(p, r, action));
+            out.extend(f.default_role(p, r, action));
         }
         "admin-overrides" => {
             if let Some(org) = f.entity_attr(r, "org") {

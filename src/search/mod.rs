@@ -19,12 +19,17 @@
 //! 2. For each permit policy, `plan` derives at load time a *necessary*
 //!    condition: a formula of links (`x in y`, `x == y`, `y.contains(x)`,
 //!    `x.hasTag(k)`/`x.getTag(k)`, `x is T`) between terms that are a
-//!    variable followed by attribute accesses (`resource.org.admins`) or a
-//!    literal. The rules (and why each is necessary) are in `plan`'s doc;
-//!    anything else (context, `action`, arithmetic, extension calls,
-//!    negation, `unless`) counts as "no constraint".
-//! 3. At query time one side is known. A link that relates the unknown side
-//!    to the known one (or to a literal) is answered from the relation index
+//!    variable followed by attribute accesses (`resource.org.admins`), a
+//!    literal or the request's `action`. The rules (and why each is
+//!    necessary) are in `plan`'s doc; anything else (context, arithmetic,
+//!    extension calls, negation, `unless`) counts as "no constraint".
+//! 3. At query time one side is known, and so is the action: each action
+//!    is searched with its own value of `action`, so `action in
+//!    resource.defaultRole.grants` names the workspaces whose default role
+//!    lists the action or a group it is in (Cedar's `in` on the schema's
+//!    action hierarchy, read from the stored action entities). A link that
+//!    relates the unknown side to the known one (or to a literal) is
+//!    answered from the relation index
 //!    built once per snapshot ([`Relations`]): attribute references (any
 //!    path, through records, sets included), hierarchy (descendants, and
 //!    Cedar's own ancestor sets) and tag keys. A conjunction generates from
@@ -284,28 +289,34 @@ fn candidates(
     actions: &[&EntityUid],
     unknown_type: &EntityTypeName,
 ) -> Candidates {
-    let ctx = Ctx {
-        rel: &snap.search.relations,
-        entities: &snap.entities,
-        known_var,
-        known,
-        unknown_type,
-    };
-    let mut memo: HashMap<PolicyId, Cand> = HashMap::new();
+    // Candidates per policy, and per action for the policies whose
+    // condition reads the action.
+    let mut memo: HashMap<(PolicyId, Option<EntityUid>), Cand> = HashMap::new();
     let mut unindexed: BTreeSet<String> = BTreeSet::new();
     let mut by_action = Vec::with_capacity(actions.len());
     for action in actions {
+        let ctx = Ctx {
+            rel: &snap.search.relations,
+            entities: &snap.entities,
+            known_var,
+            known,
+            action,
+            unknown_type,
+        };
         let set = match snap.index.for_action(action) {
             Some(ap) => &ap.policies,
             None => &snap.policies,
         };
         let mut ids: Option<Vec<u32>> = Some(Vec::new());
         for policy in set.policies().filter(|p| p.effect() == Effect::Permit) {
-            let generated = memo.entry(policy.id().clone()).or_insert_with(|| {
-                match snap.search.plans.get(policy.id()) {
-                    Some(req) => ctx.generate(req),
-                    None => Cand::All,
-                }
+            let req = snap.search.plans.get(policy.id());
+            let key = (
+                policy.id().clone(),
+                req.filter(|r| r.reads_action()).map(|_| (*action).clone()),
+            );
+            let generated = memo.entry(key).or_insert_with(|| match req {
+                Some(req) => ctx.generate(req),
+                None => Cand::All,
             });
             match generated {
                 Cand::All => {
@@ -369,6 +380,23 @@ fn collect<T>(
     Ok((items, None))
 }
 
+/// The known side of a resource or subject search.
+#[derive(Debug, Clone, Copy)]
+enum Known<'a> {
+    Principal(&'a EntityUid),
+    Resource(&'a EntityUid),
+}
+
+impl<'a> Known<'a> {
+    /// The request's (principal, resource) with `other` on the unknown side.
+    fn pair(self, other: &'a EntityUid) -> (&'a EntityUid, &'a EntityUid) {
+        match self {
+            Known::Principal(p) => (p, other),
+            Known::Resource(r) => (other, r),
+        }
+    }
+}
+
 /// The resources of `resource_type` on which `principal` may perform `action`.
 pub fn resources(
     snap: &Snapshot,
@@ -378,59 +406,14 @@ pub fn resources(
     context: &serde_json::Value,
     page: &PageRequest,
 ) -> Result<Page<Hit>, RequestError> {
-    if !applies(snap, action, principal.type_name(), resource_type) {
-        return Err(not_applicable(
-            "resource.type",
-            action,
-            principal.type_name(),
-            resource_type,
-        ));
-    }
-    let probe =
-        EntityUid::from_type_name_and_id(resource_type.clone(), cedar_policy::EntityId::new(""));
-    engine::build_query(
+    search_unknown(
         snap,
-        principal.clone(),
-        action.clone(),
-        probe,
-        context.clone(),
-    )?;
-    let ctx_text = context.to_string();
-    let paging = paging(
-        snap,
+        Known::Principal(principal),
+        action,
+        resource_type,
+        context,
         page,
-        &[
-            "resource",
-            &principal.to_string(),
-            &action.to_string(),
-            &resource_type.to_string(),
-            &ctx_text,
-        ],
-    )?;
-    let Candidates {
-        all: cands,
-        strategy,
-        unindexed,
-        ..
-    } = candidates(snap, Var::Principal, principal, &[action], resource_type);
-    let rel = &snap.search.relations;
-    let mut asker = Asker::new(snap, context);
-    let (items, next_token) = collect(snap, &cands, &paging, |id| {
-        let uid = rel.uid(id);
-        let o = asker.decide(principal, action, uid)?;
-        Ok(o.allowed().then(|| Hit {
-            uid: uid.clone(),
-            policies: o.reasons,
-        }))
-    })?;
-    Ok(Page {
-        items,
-        next_token,
-        generation: snap.generation,
-        strategy,
-        candidates: cands.len(),
-        unindexed,
-    })
+    )
 }
 
 /// The principals of `principal_type` who may perform `action` on `resource`.
@@ -442,46 +425,83 @@ pub fn subjects(
     context: &serde_json::Value,
     page: &PageRequest,
 ) -> Result<Page<Hit>, RequestError> {
-    if !applies(snap, action, principal_type, resource.type_name()) {
+    search_unknown(
+        snap,
+        Known::Resource(resource),
+        action,
+        principal_type,
+        context,
+        page,
+    )
+}
+
+/// The entities of `unknown_type` that, on the side `known` leaves open,
+/// make `action` allowed.
+fn search_unknown(
+    snap: &Snapshot,
+    known: Known<'_>,
+    action: &EntityUid,
+    unknown_type: &EntityTypeName,
+    context: &serde_json::Value,
+    page: &PageRequest,
+) -> Result<Page<Hit>, RequestError> {
+    let probe =
+        EntityUid::from_type_name_and_id(unknown_type.clone(), cedar_policy::EntityId::new(""));
+    let (principal, resource) = known.pair(&probe);
+    if !applies(snap, action, principal.type_name(), resource.type_name()) {
+        let field = match known {
+            Known::Principal(_) => "resource.type",
+            Known::Resource(_) => "subject.type",
+        };
         return Err(not_applicable(
-            "subject.type",
+            field,
             action,
-            principal_type,
+            principal.type_name(),
             resource.type_name(),
         ));
     }
-    let probe =
-        EntityUid::from_type_name_and_id(principal_type.clone(), cedar_policy::EntityId::new(""));
     engine::build_query(
         snap,
-        probe,
+        principal.clone(),
         action.clone(),
         resource.clone(),
         context.clone(),
     )?;
     let ctx_text = context.to_string();
+    // The principal's (or its type's) and the resource's (or its type's) names.
+    let (tag, known_var, known_uid, p_name, r_name) = match known {
+        Known::Principal(p) => (
+            "resource",
+            Var::Principal,
+            p,
+            p.to_string(),
+            unknown_type.to_string(),
+        ),
+        Known::Resource(r) => (
+            "subject",
+            Var::Resource,
+            r,
+            unknown_type.to_string(),
+            r.to_string(),
+        ),
+    };
     let paging = paging(
         snap,
         page,
-        &[
-            "subject",
-            &principal_type.to_string(),
-            &action.to_string(),
-            &resource.to_string(),
-            &ctx_text,
-        ],
+        &[tag, &p_name, &action.to_string(), &r_name, &ctx_text],
     )?;
     let Candidates {
         all: cands,
         strategy,
         unindexed,
         ..
-    } = candidates(snap, Var::Resource, resource, &[action], principal_type);
+    } = candidates(snap, known_var, known_uid, &[action], unknown_type);
     let rel = &snap.search.relations;
     let mut asker = Asker::new(snap, context);
     let (items, next_token) = collect(snap, &cands, &paging, |id| {
         let uid = rel.uid(id);
-        let o = asker.decide(uid, action, resource)?;
+        let (principal, resource) = known.pair(uid);
+        let o = asker.decide(principal, action, resource)?;
         Ok(o.allowed().then(|| Hit {
             uid: uid.clone(),
             policies: o.reasons,

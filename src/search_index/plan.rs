@@ -14,14 +14,15 @@
 //! is true; `!a` only if `a` evaluates. Every other operator evaluates all its
 //! operands, so it needs each of them to evaluate; `==`, `in`, `contains`,
 //! `hasTag`, `getTag` and `is` add a link between their operands when those
-//! are terms (a variable followed by attribute accesses, a literal, or a
-//! `getTag` of terms, whose value is only read when checking a candidate:
-//! `principal.getTag(resource.key) in Scope::"x"` prunes the workspaces
-//! where the principal's role does not grant the scope). `getTag` also needs
-//! the tag to exist just to evaluate. Anything the
-//! analysis does not understand (context, `action`, arithmetic, extension
-//! calls, negations) becomes [`Req::Any`]: no constraint, which is always
-//! sound.
+//! are terms: a variable followed by attribute accesses, a literal, the
+//! request's `action` (known when searching, as a literal is), or a `getTag`
+//! of terms or an attribute of a literal, possibly followed by attribute
+//! accesses, whose value is only read when checking a candidate
+//! (`action in principal.getTag(resource.key).grants` prunes the workspaces
+//! where the principal's role does not grant the action). `getTag` also
+//! needs the tag to exist just to evaluate. Anything the analysis does not
+//! understand (context, arithmetic, extension calls, negations) becomes
+//! [`Req::Any`]: no constraint, which is always sound.
 
 use std::str::FromStr;
 
@@ -44,8 +45,13 @@ pub(crate) enum Term {
     Path(Var, Vec<String>),
     Entity(EntityUid),
     Str(String),
+    /// The request's action: known whenever a search runs.
+    Action,
     /// `holder.getTag(key)`: read when checking a candidate, never indexed.
     Tag(Box<Term>, Box<Term>),
+    /// Attribute accesses on a tag or a literal (`principal.getTag(k).grants`,
+    /// `Role::"r".grants`): read when checking a candidate, never indexed.
+    Attr(Box<Term>, Vec<String>),
 }
 
 impl Term {
@@ -54,12 +60,25 @@ impl Term {
         match self {
             Term::Path(var, _) => *var == v,
             Term::Tag(holder, key) => holder.mentions(v) || key.mentions(v),
-            Term::Entity(_) | Term::Str(_) => false,
+            Term::Attr(of, _) => of.mentions(v),
+            Term::Entity(_) | Term::Str(_) | Term::Action => false,
         }
     }
 
+    /// Is the term's value known before any candidate, naming a whole class
+    /// of entities rather than a few (a literal, or the request's action)?
     pub(crate) fn is_literal(&self) -> bool {
-        matches!(self, Term::Entity(_) | Term::Str(_))
+        matches!(self, Term::Entity(_) | Term::Str(_) | Term::Action)
+    }
+
+    /// Does the term read the request's action?
+    pub(crate) fn reads_action(&self) -> bool {
+        match self {
+            Term::Action => true,
+            Term::Tag(holder, key) => holder.reads_action() || key.reads_action(),
+            Term::Attr(of, _) => of.reads_action(),
+            Term::Path(..) | Term::Entity(_) | Term::Str(_) => false,
+        }
     }
 }
 
@@ -108,6 +127,20 @@ pub(crate) enum Req {
 }
 
 impl Req {
+    /// Does the condition read the request's action? (Its candidates then
+    /// depend on the action, not only on the policy.)
+    pub(crate) fn reads_action(&self) -> bool {
+        match self {
+            Req::Any | Req::Never => false,
+            Req::And(parts) | Req::Or(parts) => parts.iter().any(Req::reads_action),
+            Req::Link(link) => match link.as_ref() {
+                Link::Rel { sub, sup, .. } => sub.reads_action() || sup.reads_action(),
+                Link::Tag { holder, key } => holder.reads_action() || key.reads_action(),
+                Link::Is { .. } => false,
+            },
+        }
+    }
+
     fn link(link: Link) -> Req {
         Req::Link(Box::new(link))
     }
@@ -336,16 +369,24 @@ fn term(e: &Value) -> Option<Term> {
         "Var" => match v.as_str()? {
             "principal" => Some(Term::Path(Var::Principal, Vec::new())),
             "resource" => Some(Term::Path(Var::Resource, Vec::new())),
+            "action" => Some(Term::Action),
             _ => None,
         },
         "." => {
-            let attr = v.get("attr")?.as_str()?;
+            let attr = v.get("attr")?.as_str()?.to_string();
             match term(v.get("left")?)? {
                 Term::Path(var, mut path) => {
-                    path.push(attr.to_string());
+                    path.push(attr);
                     Some(Term::Path(var, path))
                 }
-                _ => None,
+                Term::Attr(of, mut path) => {
+                    path.push(attr);
+                    Some(Term::Attr(of, path))
+                }
+                of @ (Term::Tag(..) | Term::Entity(_)) => {
+                    Some(Term::Attr(Box::new(of), vec![attr]))
+                }
+                Term::Str(_) | Term::Action => None,
             }
         }
         "getTag" => {
@@ -481,20 +522,51 @@ mod tests {
     fn get_tag_needs_the_tag_even_under_in() {
         let req = planned(
             r#"permit(principal, action, resource)
-               when { principal.getTag(resource.key) in Scope::"x" };"#,
+               when { action in principal.getTag(resource.key).grants };"#,
         );
         let tag = Req::link(Link::Tag {
             holder: path(Var::Principal, &[]),
             key: path(Var::Resource, &["key"]),
         });
-        let role_in_scope = Req::link(Link::Rel {
+        let role_grants = Req::link(Link::Rel {
             op: RelOp::In,
-            sub: Term::Tag(
-                Box::new(path(Var::Principal, &[])),
-                Box::new(path(Var::Resource, &["key"])),
+            sub: Term::Action,
+            sup: Term::Attr(
+                Box::new(Term::Tag(
+                    Box::new(path(Var::Principal, &[])),
+                    Box::new(path(Var::Resource, &["key"])),
+                )),
+                vec!["grants".to_string()],
             ),
-            sup: Term::Entity(r#"Scope::"x""#.parse().unwrap()),
         });
-        assert_eq!(req, Req::And(vec![tag, role_in_scope]));
+        assert_eq!(req, Req::And(vec![tag, role_grants]));
+        assert!(req.reads_action());
+    }
+
+    #[test]
+    fn the_action_relates_to_attributes_of_variables_and_literals() {
+        let req = planned(
+            r#"permit(principal, action, resource)
+               when { action in resource.defaultRole.grants || action in Role::"c".grants };"#,
+        );
+        let default_role = Req::link(Link::Rel {
+            op: RelOp::In,
+            sub: Term::Action,
+            sup: path(Var::Resource, &["defaultRole", "grants"]),
+        });
+        let literal = Req::link(Link::Rel {
+            op: RelOp::In,
+            sub: Term::Action,
+            sup: Term::Attr(
+                Box::new(Term::Entity(r#"Role::"c""#.parse().unwrap())),
+                vec!["grants".to_string()],
+            ),
+        });
+        assert_eq!(req, Req::Or(vec![default_role, literal]));
+        assert!(req.reads_action());
+        assert!(
+            !planned("permit(principal, action, resource) when { principal in resource.org };")
+                .reads_action()
+        );
     }
 }

@@ -40,7 +40,7 @@
 //! given, in the environments it selects (`principal`, `action` (an action or
 //! an action group), `resource`: lists; a missing list selects all). In the
 //! reference text, `{action}` stands for the environment's action id, so that
-//! `Prefect::Scope::"{action}"` names the scope of a workspace action.
+//! `Prefect::Action::"{action}"` names the environment's action.
 //!
 //! # Output and exit codes
 //!
