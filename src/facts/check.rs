@@ -461,7 +461,10 @@ impl Checker<'_> {
                 .domain()
                 .ws_by_key
                 .get(key)
-                .and_then(|set| set.iter().min_by_key(|w| w.to_string()).cloned());
+                .and_then(|set| match set.len() {
+                    1 => set.iter().next().cloned(),
+                    _ => set.iter().min_by_key(|w| w.to_string()).cloned(),
+                });
             let Some(ws) = ws else {
                 self.error(uid, format!("R6: {uid} has a role in workspace key {key:?}, but no workspace has that key"));
                 continue;
