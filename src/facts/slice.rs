@@ -19,11 +19,10 @@
 //! hundreds. The differential tests hold the result to
 //! [`crate::engine::decide`] on a full load of the same facts.
 
-use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
-use cedar_policy::{Authorizer, Entities, EvalResult, PolicySet};
+use cedar_policy::{Entities, EvalResult, PolicySet};
 use cedar_policy_core::ast::{self, EntityUID, Literal, PartialValue, ValueKind};
 use cedar_policy_core::entities::{NoEntitiesSchema, TCComputation};
 use cedar_policy_core::extensions::Extensions;
@@ -32,10 +31,8 @@ use smol_str::SmolStr;
 
 use super::Model;
 use super::view::{FactView, collect_refs};
-use crate::engine::{Facts, Outcome, Query, outcome};
+use crate::engine::{Facts, Outcome, Query};
 use crate::snapshot::Snapshot;
-
-static AUTHORIZER: LazyLock<Authorizer> = LazyLock::new(Authorizer::new);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Var {
@@ -351,17 +348,7 @@ pub fn decide(
             );
         }
     }
-    let (policies, literals): (Cow<'_, PolicySet>, &[cedar_policy::EntityUid]) =
-        match snap.index.for_action(&q.action) {
-            Some(ap) => (
-                ap.for_request(&q.principal, &q.resource),
-                ap.literals.as_slice(),
-            ),
-            None => (
-                Cow::Borrowed(&snap.policies),
-                snap.policy_literals.as_slice(),
-            ),
-        };
+    let literals = crate::engine::policy_literals(snap, &q.action);
     let entities = slice(plan, model, view, q, literals);
-    outcome(&AUTHORIZER.is_authorized(&q.request, policies.as_ref(), &entities))
+    crate::engine::decide_on(snap, q, &entities)
 }
