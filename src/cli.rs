@@ -295,6 +295,17 @@ pub struct ServeArgs {
     /// Do not watch the files; reload only on SIGHUP or `POST /v1/reload`.
     #[arg(long, env = "ORGWARDEN_NO_WATCH")]
     pub no_watch: bool,
+    /// Keep facts in a store (`sqlite:PATH`, `postgres://...`) and accept
+    /// writes through `/v1/facts`; unset: facts come from the entity files.
+    #[arg(long, env = "ORGWARDEN_FACTS")]
+    pub facts: Option<String>,
+    /// Bearer token for the fact API (`/v1/facts`); unset refuses it.
+    #[arg(long, env = "ORGWARDEN_FACTS_TOKEN", hide_env_values = true)]
+    pub facts_token: Option<String>,
+    /// How long a request with `Orgwarden-Min-Revision` waits for the facts
+    /// to reach that revision before `503 stale_facts`, in milliseconds.
+    #[arg(long, env = "ORGWARDEN_CONSISTENCY_WAIT_MS", default_value_t = 1000)]
+    pub consistency_wait_ms: u64,
 }
 
 impl ServeArgs {
@@ -313,7 +324,10 @@ impl ServeArgs {
                     unmatched: self.forward_auth_unmatched,
                     trusted_principal_header: self.trusted_principal_header.clone(),
                 },
+                facts_token: self.facts_token.clone(),
+                consistency_wait: Duration::from_millis(self.consistency_wait_ms),
             },
+            facts: self.facts.clone(),
             cache_size: self.cache_size,
             decision_log: self.decision_log.clone(),
             decision_log_denies_only: self.decision_log_denies_only,

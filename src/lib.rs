@@ -46,6 +46,7 @@ pub mod yaml;
 
 pub mod decision_log;
 pub mod http;
+pub mod live_facts;
 pub mod metrics;
 pub mod pdp;
 pub mod reload;
