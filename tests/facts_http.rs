@@ -546,3 +546,176 @@ fn check(entities: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+fn data(base: &str, method: &str, body: Option<&Value>) -> Answer {
+    call(
+        base,
+        method,
+        "/v1/data",
+        &[("Authorization", &auth())],
+        body,
+    )
+    .unwrap()
+}
+
+/// Every principal against every workspace, for a few actions, in one
+/// batch: the decisions, in order.
+fn sample(base: &str, entities: &[Value]) -> Vec<String> {
+    let of = |kind: &str| -> Vec<String> {
+        entities
+            .iter()
+            .filter(|e| e["uid"]["type"] == kind)
+            .map(|e| format!("{}::{}", kind, json!(e["uid"]["id"])))
+            .collect()
+    };
+    let principals = [of("Prefect::User"), of("Prefect::ServiceAccount")].concat();
+    let workspaces = of("Prefect::Workspace");
+    let mut requests = Vec::new();
+    for p in &principals {
+        for w in &workspaces {
+            for a in ["see_flows", "run_deployments", "manage_flows"] {
+                requests.push(json!({"principal": p, "action": a, "resource": w}));
+            }
+        }
+    }
+    assert!(requests.len() > 50);
+    let mut out = Vec::new();
+    for chunk in requests.chunks(100) {
+        let answer = call(
+            base,
+            "POST",
+            "/v1/is_authorized/batch",
+            &[],
+            Some(&json!({ "requests": chunk })),
+        )
+        .unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        out.extend(
+            answer.body["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["decision"].as_str().unwrap().to_string()),
+        );
+    }
+    out
+}
+
+#[test]
+fn cedar_agent_data_api_replaces_and_clears_the_store_and_exports_decide_identically() {
+    let (dir, url) = imported_store();
+    let (child, base) = serve(Some(&url), &[]);
+    assert_eq!(call(&base, "GET", "/v1/", &[], None).unwrap().status, 200);
+    assert_eq!(
+        call(&base, "GET", "/v1/data", &[], None).unwrap().status,
+        401
+    );
+
+    let listed = data(&base, "GET", None);
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.revision(), 1);
+    let original = listed.body.as_array().unwrap().clone();
+    assert!(original.iter().any(|e| e["uid"]["id"] == "ivan"));
+
+    // Replace: ivan leaves, quinn joins acme, carol becomes a developer of
+    // acme-prod; one revision.
+    let mut replaced: Vec<Value> = original
+        .iter()
+        .filter(|e| e["uid"]["id"] != "ivan")
+        .cloned()
+        .collect();
+    replaced.push(new_member("quinn")["operations"][0]["entity"].clone());
+    for e in replaced.iter_mut() {
+        if e["uid"]["id"] == "carol" {
+            e["tags"] =
+                json!({"acme-prod": {"__entity": {"type": "Prefect::Role", "id": "developer"}}});
+        }
+    }
+    let put = data(&base, "PUT", Some(&Value::Array(replaced.clone())));
+    assert_eq!(put.status, 200, "{}", put.body);
+    assert_eq!(put.revision(), 2);
+    assert_eq!(put.body.as_array().unwrap().len(), replaced.len());
+    let get = |uid: &str| {
+        call(
+            &base,
+            "GET",
+            &format!("/v1/facts/User::%22{uid}%22"),
+            &[("Authorization", &auth())],
+            None,
+        )
+        .unwrap()
+        .status
+    };
+    assert_eq!(get("ivan"), 404);
+    assert_eq!(get("quinn"), 200);
+    assert_eq!(
+        decide(&base, "User::\"carol\"", Some(2)).body["decision"],
+        "Allow"
+    );
+
+    // A broken item is refused whole, naming it; nothing moves.
+    let mut broken = replaced.clone();
+    broken.push(json!({"uid": {"type": "Prefect::User", "id": "zed"}, "attrs": {"email": 7}, "parents": []}));
+    let refused = data(&base, "PUT", Some(&Value::Array(broken.clone())));
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    let field = refused.body["error"]["field"].as_str().unwrap();
+    assert!(
+        field.starts_with(&format!("operations[{}]", broken.len() - 1)),
+        "{field}"
+    );
+    assert_eq!(decide(&base, "User::\"carol\"", None).revision(), 2);
+
+    // Writes after the replace, then an export decides as the store does.
+    let written = write(
+        &base,
+        &json!({"operations": [
+            {"op": "remove_parent", "uid": "User::\"alice\"", "parent": "OrgAdmins::\"acme-admins\""},
+            {"op": "set_tag", "uid": "User::\"quinn\"", "key": "acme-staging", "value": {"__entity": {"type": "Prefect::Role", "id": "runner"}}},
+        ]}),
+    );
+    assert_eq!(written.status, 200, "{}", written.body);
+    let now = data(&base, "GET", None);
+    let live_decisions = sample(&base, now.body.as_array().unwrap());
+    assert!(live_decisions.iter().any(|d| d == "Allow"));
+    assert!(live_decisions.iter().any(|d| d == "Deny"));
+    let out_dir = dir.path().join("export");
+    let export = orgwarden()
+        .args(["facts", "export", &url, "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(export.status.success());
+    check(&out_dir);
+    let root = common::root();
+    let mut files = serve_command(
+        &root.join("policies"),
+        &root.join("schema"),
+        &out_dir,
+        &["--no-watch"],
+    );
+    files.env_remove("ORGWARDEN_FACTS");
+    let (file_child, file_base) = spawn_serve(files, Duration::from_secs(60));
+    let file_base = format!("http://{file_base}");
+    assert_eq!(
+        sample(&file_base, now.body.as_array().unwrap()),
+        live_decisions
+    );
+    stop(file_child);
+
+    // Clear, then restore the original facts.
+    let deleted = data(&base, "DELETE", None);
+    assert_eq!(deleted.status, 204);
+    let empty = data(&base, "GET", None);
+    assert_eq!(empty.body, json!([]));
+    assert_eq!(
+        decide(&base, "User::\"bob\"", Some(empty.revision())).body["decision"],
+        "Deny"
+    );
+    let restored = data(&base, "PUT", Some(&Value::Array(original)));
+    assert_eq!(restored.status, 200, "{}", restored.body);
+    assert_eq!(
+        decide(&base, "User::\"bob\"", Some(restored.revision())).body["decision"],
+        "Allow"
+    );
+    stop(child);
+}

@@ -1,6 +1,10 @@
 //! The fact API: `POST /v1/facts` (an atomic batch of operations),
 //! `GET /v1/facts/{uid}` (an entity and the revision that last wrote it) and
-//! `GET /v1/facts/changes` (the change log, with long-poll).
+//! `GET /v1/facts/changes` (the change log, with long-poll); and
+//! cedar-agent's data API on the same store: `GET /v1/data` (every entity),
+//! `PUT /v1/data` (replace every entity: one validated batch, one revision),
+//! `DELETE /v1/data` (remove every entity), so that cedar-agent clients and
+//! OPAL's Cedar client keep working.
 //!
 //! Every endpoint needs `Authorization: Bearer <facts token>`: a write can
 //! make someone an admin, and a read shows who is a member of what. A
@@ -67,29 +71,42 @@ async fn write_inner(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<Resp
     let facts = live(app)?;
     app.require_facts_token(headers)?;
     let value: Value = super::error::parse_json(body)?;
+    match submit(facts, value, &Limits::default(), ACTOR).await? {
+        Ok(revision) => Ok(Json(json!({ "revision": revision })).into_response()),
+        Err(refused) => Ok(refused),
+    }
+}
+
+/// Parse and write one batch: its revision, or the answer refusing it.
+async fn submit(
+    facts: &LiveFacts,
+    value: Value,
+    limits: &Limits,
+    actor: &str,
+) -> Result<Result<u64, Response>, ApiError> {
     let ops = value.get("operations").cloned().unwrap_or(Value::Null);
-    let batch = Batch::from_json_value(value, &Limits::default())
+    let batch = Batch::from_json_value(value, limits)
         .map_err(|e| ApiError::bad_request("invalid_batch", e.field.clone(), e.message.clone()))?;
     let count = batch.operations.len();
     let request = WriteRequest {
         batch,
-        actor: ACTOR.to_string(),
+        actor: actor.to_string(),
         ops,
     };
     match facts.write(request).await {
         Ok(revision) => {
-            tracing::info!(actor = ACTOR, operations = count, revision, "facts written");
-            Ok(Json(json!({ "revision": revision })).into_response())
+            tracing::info!(actor, operations = count, revision, "facts written");
+            Ok(Ok(revision))
         }
         Err(WriteError::Rejected(r)) if r.code == "revision_mismatch" => {
             let current = facts.revision();
             tracing::info!(
-                actor = ACTOR,
+                actor,
                 operations = count,
                 current,
                 "fact write refused: revision conflict"
             );
-            Ok((
+            Ok(Err((
                 StatusCode::CONFLICT,
                 Json(json!({ "error": {
                     "code": "revision_conflict",
@@ -98,10 +115,10 @@ async fn write_inner(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<Resp
                     "revision": current,
                 }})),
             )
-                .into_response())
+                .into_response()))
         }
         Err(WriteError::Rejected(r)) => {
-            tracing::info!(actor = ACTOR, operations = count, field = %r.field, error = %r.message, "fact write refused");
+            tracing::info!(actor, operations = count, field = %r.field, error = %r.message, "fact write refused");
             let status = if r.code == "invalid_batch" {
                 StatusCode::BAD_REQUEST
             } else {
@@ -111,7 +128,9 @@ async fn write_inner(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<Resp
             if let Some(rule) = &r.rule {
                 error["rule"] = json!(rule);
             }
-            Ok((status, Json(json!({ "error": error }))).into_response())
+            Ok(Err(
+                (status, Json(json!({ "error": error }))).into_response()
+            ))
         }
         Err(WriteError::Store(e)) => Err(store_error(&e)),
         Err(WriteError::Closed) => Err(ApiError::new(
@@ -190,4 +209,139 @@ pub async fn changes(
         "revision": facts.revision(),
         "changes": changes,
     })))
+}
+
+/// Who the change log names as the author of a cedar-agent data API write.
+const DATA_ACTOR: &str = "data-api";
+
+/// Rounds of "read the revision, write at it" before a replace gives up
+/// to concurrent writers.
+const REPLACE_ATTEMPTS: usize = 5;
+
+/// `GET /v1/`: cedar-agent's health probe (OPAL probes it).
+pub async fn agent_root() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// The published entities, cedar-agent's `GET /v1/data` body.
+fn all_entities(facts: &LiveFacts, app: &App) -> Response {
+    let at = facts.at(app.pdp.live.snapshot());
+    let view = &at.facts.as_ref().expect("store mode").view;
+    (
+        super::revision_header(&at),
+        Json(Value::Array(view.to_json())),
+    )
+        .into_response()
+}
+
+/// `GET /v1/data`: every entity, as cedar-agent lists them.
+pub async fn get_data(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let facts = match live(&app).and_then(|f| app.require_facts_token(&headers).map(|_| f)) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    all_entities(facts, &app)
+}
+
+/// An entity's uid as the view writes it, when the item names one.
+fn item_uid(item: &Value) -> Option<String> {
+    let uid = item.get("uid")?;
+    let uid = uid.get("__entity").unwrap_or(uid);
+    cedar_policy::EntityUid::from_json(uid.clone())
+        .ok()
+        .map(|u| u.to_string())
+}
+
+/// Replace every entity with `items` (none: delete all) as one batch at the
+/// published revision, retried when another write lands first.
+async fn replace(
+    facts: &LiveFacts,
+    app: &App,
+    items: Vec<Value>,
+) -> Result<Result<u64, Response>, ApiError> {
+    let items: Vec<Value> = items
+        .into_iter()
+        .filter(|item| {
+            item.get("uid")
+                .map(|u| u.get("__entity").unwrap_or(u))
+                .and_then(|u| u.get("type"))
+                .and_then(Value::as_str)
+                .is_none_or(|t| t != "Action" && !t.ends_with("::Action"))
+        })
+        .collect();
+    let kept: std::collections::HashSet<String> = items.iter().filter_map(item_uid).collect();
+    let upserts: Vec<Value> = items
+        .into_iter()
+        .map(|entity| json!({ "op": "upsert", "entity": entity }))
+        .collect();
+    let limits = Limits {
+        max_operations: usize::MAX,
+    };
+    for _ in 0..REPLACE_ATTEMPTS {
+        let at = facts.at(app.pdp.live.snapshot());
+        let view = &at.facts.as_ref().expect("store mode").view;
+        let mut operations = upserts.clone();
+        let mut gone: Vec<String> = view
+            .uids()
+            .map(|u| u.to_string())
+            .filter(|u| !kept.contains(u))
+            .collect();
+        gone.sort();
+        operations.extend(
+            gone.into_iter()
+                .map(|uid| json!({ "op": "delete", "uid": uid })),
+        );
+        if operations.is_empty() {
+            return Ok(Ok(view.revision()));
+        }
+        let batch = json!({ "operations": operations, "if_revision": view.revision() });
+        match submit(facts, batch, &limits, DATA_ACTOR).await? {
+            Err(r) if r.status() == StatusCode::CONFLICT => continue,
+            other => return Ok(other),
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "revision_conflict",
+        "other writes kept landing first: retry the replace",
+    ))
+}
+
+/// `PUT /v1/data`: replace every entity (a JSON array of Cedar entities)
+/// in one revision, validated as a load is; answers the entities now held.
+/// A refused item is named as `operations[i]`: the i-th non-action entity
+/// of the array.
+pub async fn put_data(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let result: Result<Response, ApiError> = async {
+        let facts = live(&app)?;
+        app.require_facts_token(&headers)?;
+        let items: Vec<Value> = super::error::parse_json(&body)?;
+        match replace(facts, &app, items).await? {
+            Ok(_) => Ok(all_entities(facts, &app)),
+            Err(refused) => Ok(refused),
+        }
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `DELETE /v1/data`: remove every entity, in one revision; 204.
+pub async fn delete_data(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let result: Result<Response, ApiError> = async {
+        let facts = live(&app)?;
+        app.require_facts_token(&headers)?;
+        match replace(facts, &app, Vec::new()).await? {
+            Ok(revision) => Ok((
+                StatusCode::NO_CONTENT,
+                [(
+                    super::REVISION_HEADER,
+                    axum::http::HeaderValue::from(revision),
+                )],
+            )
+                .into_response()),
+            Err(refused) => Ok(refused),
+        }
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
 }

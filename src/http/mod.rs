@@ -283,6 +283,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/facts", post(facts::write))
         .route("/v1/facts/changes", get(facts::changes))
         .route("/v1/facts/{uid}", get(facts::entity))
+        .route(
+            "/v1/data",
+            get(facts::get_data)
+                .put(facts::put_data)
+                .delete(facts::delete_data),
+        )
+        .route("/v1/", get(facts::agent_root))
         .route(forward_auth::PATH, any(forward_auth::forward_auth))
         .route("/v1/forward-auth/", any(forward_auth::forward_auth))
         .route("/v1/forward-auth/{*path}", any(forward_auth::forward_auth))
