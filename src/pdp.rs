@@ -1,9 +1,11 @@
 //! The decision point: the engine plus what a server adds around it.
 //!
 //! [`Pdp::authorize`] is the one path every server API takes to a decision:
-//! the decision cache (keyed by snapshot generation, so a reload never serves
-//! an older generation's answer), [`crate::engine`], metrics, the decision
-//! log and a fresh decision id. It fails closed: an invalid request is an
+//! the decision cache (keyed by snapshot generation and fact revision, so
+//! neither a reload nor a fact write ever serves an older answer),
+//! [`crate::engine`] (with a fact store: a slice of the live facts,
+//! [`crate::facts::slice`]), metrics, the decision log and a fresh decision
+//! id. It fails closed: an invalid request is an
 //! error for the caller to report, and nothing here can turn into an Allow.
 
 use std::sync::Arc;

@@ -349,6 +349,10 @@ fn writes_are_read_at_their_revision_and_survive_a_restart() {
     assert_eq!(still.revision(), m);
     assert_eq!(still.body["decision"], "Deny");
 
+    let status = call(&base, "GET", "/v1/status", &[], None).unwrap();
+    assert_eq!(status.body["facts"]["source"], "store");
+    assert_eq!(status.body["facts"]["revision"], m);
+
     // Stale and malformed minimum revisions.
     let stale = decide(&base, "User::\"carol\"", Some(m + 1000));
     assert_eq!(stale.status, 503);
