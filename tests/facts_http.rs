@@ -669,7 +669,10 @@ fn cedar_agent_data_api_replaces_and_clears_the_store_and_exports_decide_identic
     );
     assert_eq!(decide(&base, "User::\"carol\"", None).revision(), 2);
 
-    // Writes after the replace, then an export decides as the store does.
+    // Writes after the replace (with answers of the revision before them
+    // cached), then an export decides as the store does, cached or not.
+    let before = data(&base, "GET", None);
+    let cached_before = sample(&base, before.body.as_array().unwrap());
     let written = write(
         &base,
         &json!({"operations": [
@@ -680,6 +683,11 @@ fn cedar_agent_data_api_replaces_and_clears_the_store_and_exports_decide_identic
     assert_eq!(written.status, 200, "{}", written.body);
     let now = data(&base, "GET", None);
     let live_decisions = sample(&base, now.body.as_array().unwrap());
+    assert_ne!(
+        live_decisions, cached_before,
+        "the write changes some decisions"
+    );
+    assert_eq!(sample(&base, now.body.as_array().unwrap()), live_decisions);
     assert!(live_decisions.iter().any(|d| d == "Allow"));
     assert!(live_decisions.iter().any(|d| d == "Deny"));
     let out_dir = dir.path().join("export");
