@@ -105,6 +105,56 @@ pub enum Command {
     Explain(ExplainArgs),
     /// The principals who may perform an action on a resource, and the policies.
     Who(WhoArgs),
+    /// Facts in a durable store (`sqlite:PATH`, `postgres://...`).
+    #[command(subcommand)]
+    Facts(FactsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FactsCommand {
+    /// Validate entity files as `check` does and write them into a store as
+    /// one revision.
+    Import(FactsImportArgs),
+    /// Write a store's entities to entity files, one per entity type.
+    Export(FactsExportArgs),
+    /// Create or upgrade a store's tables.
+    Migrate(FactsStoreArg),
+}
+
+#[derive(Debug, Args)]
+pub struct FactsImportArgs {
+    /// Entities: a JSON file or a directory of them.
+    #[arg(value_name = "DIR")]
+    pub entities: PathBuf,
+    /// The store, e.g. `sqlite:facts.db` (created when missing).
+    #[arg(long, value_name = "STORE")]
+    pub into: String,
+    /// Replace the facts of a store that holds some (one revision).
+    #[arg(long)]
+    pub replace: bool,
+    /// Policies: a `.cedar` file or a directory of them.
+    #[arg(long, env = "ORGWARDEN_POLICIES", default_value = "policies")]
+    pub policies: PathBuf,
+    /// Schema: a `.cedarschema` / `.cedarschema.json` file or a directory.
+    #[arg(long, env = "ORGWARDEN_SCHEMA", default_value = "schema")]
+    pub schema: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct FactsExportArgs {
+    /// The store, e.g. `sqlite:facts.db`.
+    #[arg(value_name = "STORE")]
+    pub store: String,
+    /// A new or empty directory for the entity files.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct FactsStoreArg {
+    /// The store, e.g. `sqlite:facts.db`.
+    #[arg(value_name = "STORE")]
+    pub store: String,
 }
 
 #[derive(Debug, Args)]
@@ -245,6 +295,17 @@ pub struct ServeArgs {
     /// Do not watch the files; reload only on SIGHUP or `POST /v1/reload`.
     #[arg(long, env = "ORGWARDEN_NO_WATCH")]
     pub no_watch: bool,
+    /// Keep facts in a store (`sqlite:PATH`, `postgres://...`) and accept
+    /// writes through `/v1/facts`; unset: facts come from the entity files.
+    #[arg(long, env = "ORGWARDEN_FACTS")]
+    pub facts: Option<String>,
+    /// Bearer token for the fact API (`/v1/facts`); unset refuses it.
+    #[arg(long, env = "ORGWARDEN_FACTS_TOKEN", hide_env_values = true)]
+    pub facts_token: Option<String>,
+    /// How long a request with `Orgwarden-Min-Revision` waits for the facts
+    /// to reach that revision before `503 stale_facts`, in milliseconds.
+    #[arg(long, env = "ORGWARDEN_CONSISTENCY_WAIT_MS", default_value_t = 1000)]
+    pub consistency_wait_ms: u64,
 }
 
 impl ServeArgs {
@@ -263,7 +324,10 @@ impl ServeArgs {
                     unmatched: self.forward_auth_unmatched,
                     trusted_principal_header: self.trusted_principal_header.clone(),
                 },
+                facts_token: self.facts_token.clone(),
+                consistency_wait: Duration::from_millis(self.consistency_wait_ms),
             },
+            facts: self.facts.clone(),
             cache_size: self.cache_size,
             decision_log: self.decision_log.clone(),
             decision_log_denies_only: self.decision_log_denies_only,
@@ -288,6 +352,76 @@ pub fn main() -> ExitCode {
         Command::Diff(args) => diff(&args),
         Command::Explain(args) => explain(&args),
         Command::Who(args) => who(&args),
+        Command::Facts(cmd) => facts(cmd),
+    }
+}
+
+fn facts(cmd: FactsCommand) -> ExitCode {
+    use crate::facts::{store::Store, transfer};
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result: Result<String, String> = runtime.block_on(async move {
+        match cmd {
+            FactsCommand::Import(a) => {
+                let paths = Paths {
+                    policies: a.policies,
+                    schema: a.schema,
+                    entities: a.entities,
+                    routes: None,
+                };
+                let entities = transfer::read_entities(&paths).map_err(|d| d.to_string())?;
+                let store = Store::open(&a.into).await.map_err(|e| e.to_string())?;
+                let r = transfer::import(&store, entities, a.replace)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(format!(
+                    "imported {} entities into {} at revision {} ({} deleted)",
+                    r.entities,
+                    store.describe(),
+                    r.revision,
+                    r.deleted
+                ))
+            }
+            FactsCommand::Export(a) => {
+                let store = Store::connect(&a.store).await.map_err(|e| e.to_string())?;
+                let r = transfer::export(&store, &a.out)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(format!(
+                    "exported {} entities at revision {} to {} files in {}",
+                    r.entities,
+                    r.revision,
+                    r.files.len(),
+                    a.out.display()
+                ))
+            }
+            FactsCommand::Migrate(a) => {
+                let store = Store::attach(&a.store).await.map_err(|e| e.to_string())?;
+                let (from, to) = store.migrate().await.map_err(|e| e.to_string())?;
+                Ok(format!(
+                    "{}: schema version {to} (was {from})",
+                    store.describe()
+                ))
+            }
+        }
+    });
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

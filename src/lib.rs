@@ -28,6 +28,7 @@ pub mod diag;
 pub mod diff;
 pub mod domain;
 pub mod engine;
+pub mod facts;
 pub mod gateway;
 pub mod index;
 pub mod load;
@@ -45,6 +46,7 @@ pub mod yaml;
 
 pub mod decision_log;
 pub mod http;
+pub mod live_facts;
 pub mod metrics;
 pub mod pdp;
 pub mod reload;

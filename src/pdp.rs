@@ -1,9 +1,11 @@
 //! The decision point: the engine plus what a server adds around it.
 //!
 //! [`Pdp::authorize`] is the one path every server API takes to a decision:
-//! the decision cache (keyed by snapshot generation, so a reload never serves
-//! an older generation's answer), [`crate::engine`], metrics, the decision
-//! log and a fresh decision id. It fails closed: an invalid request is an
+//! the decision cache (keyed by snapshot generation and fact revision, so
+//! neither a reload nor a fact write ever serves an older answer),
+//! [`crate::engine`] (with a fact store: a slice of the live facts,
+//! [`crate::facts::slice`]), metrics, the decision log and a fresh decision
+//! id. It fails closed: an invalid request is an
 //! error for the caller to report, and nothing here can turn into an Allow.
 
 use std::sync::Arc;
@@ -16,10 +18,10 @@ use crate::decision_log::{DecisionLog, DecisionRecord};
 use cedar_policy::EntityUid;
 
 use crate::engine::{self, Outcome, Query, RequestError, RequestInput};
+use crate::live_facts::{At, LiveFacts};
 use crate::metrics::{DecisionLabels, ErrorLabels, Metrics};
 use crate::names::EntityRef;
 use crate::reload::Live;
-use crate::snapshot::Snapshot;
 
 /// A decision as a server reports it.
 #[derive(Debug, Clone)]
@@ -39,16 +41,20 @@ pub struct Entry {
     pub resource: String,
 }
 
-/// A cache key: the snapshot generation and the request, as written on
-/// the wire or as resolved uids.
+/// A cache key: the snapshot generation, the fact revision and the request,
+/// as written on the wire or as resolved uids. The revision is exact: a
+/// write publishes a new revision, so every entry cached at an older one
+/// becomes unreachable (and ages out of the cache) without a wholesale flush.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum CacheKey {
     Wire {
         generation: u64,
+        revision: u64,
         request: String,
     },
     Resolved {
         generation: u64,
+        revision: u64,
         /// Principal, action and resource.
         uids: Box<[EntityUid; 3]>,
     },
@@ -60,6 +66,9 @@ pub struct Pdp {
     pub metrics: Arc<Metrics>,
     cache: Option<Cache<CacheKey, Arc<Entry>>>,
     log: DecisionLog,
+    /// Store mode: the live facts decisions read instead of the snapshot's
+    /// entities.
+    pub facts: Option<Arc<LiveFacts>>,
 }
 
 impl Pdp {
@@ -71,14 +80,32 @@ impl Pdp {
             metrics,
             cache,
             log,
+            facts: None,
         }
     }
 
-    /// Decide `input` against `snap`, the snapshot the caller took for this
-    /// HTTP request (so that a batch is decided against one generation).
+    /// Decide on live facts from a store.
+    pub fn with_facts(mut self, facts: Arc<LiveFacts>) -> Self {
+        self.facts = Some(facts);
+        self
+    }
+
+    /// What a request decides against now: the live snapshot and, in store
+    /// mode, the published facts.
+    pub fn at(&self) -> At {
+        let snap = self.live.snapshot();
+        match &self.facts {
+            Some(facts) => facts.at(snap),
+            None => At::files(snap),
+        }
+    }
+
+    /// Decide `input` against `snap`, what the caller took for this HTTP
+    /// request (so that a batch is decided against one generation and one
+    /// fact revision).
     pub fn authorize(
         &self,
-        snap: &Snapshot,
+        snap: &At,
         input: &RequestInput,
         api: &'static str,
     ) -> Result<Decided, RequestError> {
@@ -92,6 +119,7 @@ impl Pdp {
             Some((request, at)) => {
                 let key = CacheKey::Wire {
                     generation: snap.generation,
+                    revision: snap.revision(),
                     request,
                 };
                 (Some(key), at)
@@ -111,7 +139,7 @@ impl Pdp {
     /// route and principal), with an empty context, against `snap`.
     pub fn authorize_uids(
         &self,
-        snap: &Snapshot,
+        snap: &At,
         principal: EntityUid,
         action: EntityUid,
         resource: EntityUid,
@@ -120,6 +148,7 @@ impl Pdp {
         let started = Instant::now();
         let key = self.cache.is_some().then(|| CacheKey::Resolved {
             generation: snap.generation,
+            revision: snap.revision(),
             uids: Box::new([principal.clone(), action.clone(), resource.clone()]),
         });
         self.decide_cached(snap, started, key, api, |_| {
@@ -130,7 +159,7 @@ impl Pdp {
     /// The cache, the engine on a miss, metrics and the decision log.
     fn decide_cached(
         &self,
-        snap: &Snapshot,
+        snap: &At,
         started: Instant,
         key: Option<CacheKey>,
         api: &'static str,
@@ -152,7 +181,12 @@ impl Pdp {
                         .get_or_create(&ErrorLabels { code: e.code })
                         .inc();
                 })?;
-                let outcome = engine::decide(snap, &query);
+                let outcome = match &snap.facts {
+                    Some(f) => {
+                        crate::facts::slice::decide(snap, &f.plan, &f.model, &f.view, &query)
+                    }
+                    None => engine::decide(snap, &query),
+                };
                 let entry = Arc::new(Entry {
                     outcome,
                     principal: query.principal.to_string(),

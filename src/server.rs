@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::decision_log::{DecisionLog, LogTarget};
 use crate::http::{self, App, HttpConfig};
+use crate::live_facts::LiveFacts;
 use crate::load::Paths;
 use crate::metrics::Metrics;
 use crate::pdp::Pdp;
@@ -42,6 +43,9 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     /// Watch the files (none: reload only on SIGHUP or `POST /v1/reload`).
     pub watch: Option<WatchConfig>,
+    /// The fact store (`sqlite:PATH`, `postgres://...`); none: facts come
+    /// from the entity files.
+    pub facts: Option<String>,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -94,7 +98,6 @@ pub fn run(config: ServerConfig) -> ExitCode {
         config.cache_size,
         log,
     );
-    let app = Arc::new(App::new(pdp, config.http.clone()));
     let listen = config.listen;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -107,6 +110,28 @@ pub fn run(config: ServerConfig) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let pdp = match &config.facts {
+            None => pdp,
+            Some(url) => match LiveFacts::start(url, live.clone()).await {
+                Ok(facts) => {
+                    tracing::info!(
+                        store = facts.describe(),
+                        revision = facts.revision(),
+                        entities = facts.len(),
+                        "facts from the store (the entity files are not used for decisions)"
+                    );
+                    pdp.with_facts(Arc::new(facts))
+                }
+                Err(e) => {
+                    eprintln!(
+                        "error: not starting: cannot serve the facts of {}: {e}",
+                        crate::facts::store::redact(url)
+                    );
+                    return ExitCode::from(1);
+                }
+            },
+        };
+        let app = Arc::new(App::new(pdp, config.http.clone()));
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
             Err(e) => {

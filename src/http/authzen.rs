@@ -11,13 +11,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::App;
 use super::error::{ApiError, JsonBody};
 use crate::engine::{RequestError, RequestInput};
+use crate::live_facts::At;
 use crate::names::EntityRef;
 use crate::pdp::Decided;
 use crate::snapshot::Snapshot;
@@ -188,7 +189,7 @@ pub fn response_body(d: &Decided) -> Value {
     })
 }
 
-fn evaluate(app: &App, snap: &Snapshot, e: &Evaluation) -> Result<Value, ApiError> {
+fn evaluate(app: &App, snap: &At, e: &Evaluation) -> Result<Value, ApiError> {
     let input = to_input(snap, e)?;
     app.check_bounds(&input)?;
     let decided = app
@@ -200,10 +201,12 @@ fn evaluate(app: &App, snap: &Snapshot, e: &Evaluation) -> Result<Value, ApiErro
 
 pub async fn evaluation(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     JsonBody(e): JsonBody<Evaluation>,
-) -> Result<Json<Value>, ApiError> {
-    let snap = app.pdp.live.snapshot();
-    evaluate(&app, &snap, &e).map(Json)
+) -> Result<([(HeaderName, HeaderValue); 1], Json<Value>), ApiError> {
+    let snap = app.at(&headers).await?;
+    let body = evaluate(&app, &snap, &e)?;
+    Ok((super::revision_header(&snap), Json(body)))
 }
 
 /// A batch: each evaluation inherits the top-level subject, action, resource
@@ -212,12 +215,16 @@ pub async fn evaluation(
 /// others. Without `evaluations` it is a single evaluation.
 pub async fn evaluations(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<EvaluationsRequest>,
-) -> Result<Json<Value>, ApiError> {
-    let snap = app.pdp.live.snapshot();
+) -> Result<([(HeaderName, HeaderValue); 1], Json<Value>), ApiError> {
+    let snap = app.at(&headers).await?;
     let items = match &req.evaluations {
         Some(items) if !items.is_empty() => items,
-        _ => return evaluate(&app, &snap, &req.defaults).map(Json),
+        _ => {
+            let body = evaluate(&app, &snap, &req.defaults)?;
+            return Ok((super::revision_header(&snap), Json(body)));
+        }
     };
     app.check_batch_len(items.len(), "evaluations")?;
     let semantic = req
@@ -241,7 +248,10 @@ pub async fn evaluations(
             _ => {}
         }
     }
-    Ok(Json(json!({ "evaluations": results })))
+    Ok((
+        super::revision_header(&snap),
+        Json(json!({ "evaluations": results })),
+    ))
 }
 
 /// `GET /.well-known/authzen-configuration`.

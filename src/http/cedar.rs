@@ -4,14 +4,15 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::App;
 use super::error::{ApiError, JsonBody};
 use crate::engine::RequestInput;
+use crate::live_facts::At;
 use crate::pdp::{Decided, Entry};
-use crate::snapshot::Snapshot;
 
 /// `{"requests": [...]}`.
 #[derive(Debug, Deserialize)]
@@ -56,7 +57,7 @@ pub fn response_body(d: &Decided) -> ResponseBody {
     }
 }
 
-fn decide_one(app: &App, snap: &Snapshot, input: &RequestInput) -> Result<ResponseBody, ApiError> {
+fn decide_one(app: &App, snap: &At, input: &RequestInput) -> Result<ResponseBody, ApiError> {
     app.check_bounds(input)?;
     let decided = app.pdp.authorize(snap, input, "cedar")?;
     Ok(response_body(&decided))
@@ -64,10 +65,12 @@ fn decide_one(app: &App, snap: &Snapshot, input: &RequestInput) -> Result<Respon
 
 pub async fn is_authorized(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     JsonBody(input): JsonBody<RequestInput>,
-) -> Result<Json<ResponseBody>, ApiError> {
-    let snap = app.pdp.live.snapshot();
-    decide_one(&app, &snap, &input).map(Json)
+) -> Result<([(HeaderName, HeaderValue); 1], Json<ResponseBody>), ApiError> {
+    let snap = app.at(&headers).await?;
+    let body = decide_one(&app, &snap, &input)?;
+    Ok((super::revision_header(&snap), Json(body)))
 }
 
 /// `{"results": [...]}`, in request order.
@@ -80,10 +83,11 @@ pub struct BatchBody {
 /// request fails the whole batch with the index of the one at fault.
 pub async fn is_authorized_batch(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     JsonBody(batch): JsonBody<BatchInput>,
-) -> Result<Json<BatchBody>, ApiError> {
+) -> Result<([(HeaderName, HeaderValue); 1], Json<BatchBody>), ApiError> {
     app.check_batch_len(batch.requests.len(), "requests")?;
-    let snap = app.pdp.live.snapshot();
+    let snap = app.at(&headers).await?;
     let results = batch
         .requests
         .iter()
@@ -92,5 +96,5 @@ pub async fn is_authorized_batch(
             decide_one(&app, &snap, input).map_err(|e| e.within(&format!("requests[{i}]")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(BatchBody { results }))
+    Ok((super::revision_header(&snap), Json(BatchBody { results })))
 }

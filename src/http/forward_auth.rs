@@ -22,7 +22,7 @@ use serde_json::json;
 
 use super::App;
 use crate::gateway::forward_auth::{self, DECISION_ID_HEADER, Mapped, PRINCIPAL_HEADER, Refusal};
-use crate::snapshot::Snapshot;
+use crate::live_facts::At;
 
 pub use crate::gateway::forward_auth::PATH;
 
@@ -73,13 +73,7 @@ fn allow(principal: Option<&str>, decision_id: Option<String>) -> Result<Respons
 }
 
 /// Decide one forwarded request against `snap`.
-pub fn decide(
-    app: &App,
-    snap: &Snapshot,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-) -> Response {
+pub fn decide(app: &App, snap: &At, method: &Method, uri: &Uri, headers: &HeaderMap) -> Response {
     match decide_inner(app, snap, method, uri, headers) {
         Ok(r) => r,
         Err(refusal) => refusal.into_response(),
@@ -88,7 +82,7 @@ pub fn decide(
 
 fn decide_inner(
     app: &App,
-    snap: &Snapshot,
+    snap: &At,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -137,6 +131,12 @@ pub async fn forward_auth(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let snap = app.pdp.live.snapshot();
-    decide(&app, &snap, &method, &uri, &headers)
+    let snap = match app.at(&headers).await {
+        Ok(snap) => snap,
+        Err(e) => return e.into_response(),
+    };
+    let mut response = decide(&app, &snap, &method, &uri, &headers);
+    let [(name, value)] = super::revision_header(&snap);
+    response.headers_mut().insert(name, value);
+    response
 }

@@ -8,6 +8,7 @@
 pub mod authzen;
 pub mod cedar;
 pub mod error;
+pub mod facts;
 pub mod forward_auth;
 pub mod ops;
 pub mod search;
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{any, get, post};
@@ -26,6 +27,7 @@ use sha2::{Digest, Sha256};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::engine::RequestInput;
+use crate::live_facts::At;
 use crate::pdp::Pdp;
 use error::ApiError;
 
@@ -43,6 +45,11 @@ pub struct HttpConfig {
     pub public_url: Option<String>,
     /// Options of `/v1/forward-auth`.
     pub forward_auth: crate::gateway::ForwardAuthConfig,
+    /// Bearer token for the fact API (`/v1/facts`); unset refuses it.
+    pub facts_token: Option<String>,
+    /// How long a request with `Orgwarden-Min-Revision` waits for the facts
+    /// to reach it before `503 stale_facts`.
+    pub consistency_wait: Duration,
 }
 
 impl Default for HttpConfig {
@@ -55,6 +62,8 @@ impl Default for HttpConfig {
             admin_token: None,
             public_url: None,
             forward_auth: crate::gateway::ForwardAuthConfig::default(),
+            facts_token: None,
+            consistency_wait: Duration::from_millis(1000),
         }
     }
 }
@@ -65,21 +74,119 @@ pub struct App {
     pub config: HttpConfig,
     pub public_url: Option<String>,
     admin_digest: Option<[u8; 32]>,
+    facts_digest: Option<[u8; 32]>,
+}
+
+/// The fact revision a decision was made at (response header).
+pub const REVISION_HEADER: HeaderName = HeaderName::from_static("orgwarden-revision");
+/// The least fact revision a request accepts being decided at.
+pub const MIN_REVISION_HEADER: HeaderName = HeaderName::from_static("orgwarden-min-revision");
+
+/// The `Orgwarden-Revision` header of an answer decided at `at`.
+pub fn revision_header(at: &At) -> [(HeaderName, HeaderValue); 1] {
+    [(REVISION_HEADER, HeaderValue::from(at.revision()))]
+}
+
+fn digest(token: Option<&str>) -> Option<[u8; 32]> {
+    token
+        .filter(|t| !t.is_empty())
+        .map(|t| Sha256::digest(t.as_bytes()).into())
+}
+
+/// Whether `headers` carry `Authorization: Bearer <t>` with `t` of digest
+/// `expected` (digests compared, so the time says nothing about the token).
+fn bearer_matches(headers: &HeaderMap, expected: &[u8; 32]) -> bool {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .is_some_and(|token| <[u8; 32]>::from(Sha256::digest(token.as_bytes())) == *expected)
 }
 
 impl App {
     pub fn new(pdp: Pdp, config: HttpConfig) -> Self {
-        let admin_digest = config
-            .admin_token
-            .as_deref()
-            .filter(|t| !t.is_empty())
-            .map(|t| Sha256::digest(t.as_bytes()).into());
+        let admin_digest = digest(config.admin_token.as_deref());
+        let facts_digest = digest(config.facts_token.as_deref());
         App {
             pdp,
             public_url: config.public_url.clone(),
             config,
             admin_digest,
+            facts_digest,
         }
+    }
+
+    /// The fact API needs `Authorization: Bearer <facts token>`; with no
+    /// token configured it is refused.
+    pub fn require_facts_token(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(expected) = &self.facts_digest else {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "facts_api_disabled",
+                "the fact API is disabled: start the server with --facts-token or ORGWARDEN_FACTS_TOKEN",
+            ));
+        };
+        if bearer_matches(headers, expected) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid facts bearer token is required",
+            ))
+        }
+    }
+
+    /// What a decision request decides against: the current facts, once
+    /// they reach the request's `Orgwarden-Min-Revision` (waiting up to the
+    /// configured consistency wait, then `503 stale_facts`).
+    pub async fn at(&self, headers: &HeaderMap) -> Result<At, ApiError> {
+        let Some(value) = headers.get(&MIN_REVISION_HEADER) else {
+            return Ok(self.pdp.at());
+        };
+        let min: u64 = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_header",
+                    "Orgwarden-Min-Revision",
+                    "Orgwarden-Min-Revision must be a revision: a non-negative integer",
+                )
+            })?;
+        let patience = self.config.consistency_wait;
+        let reached = match &self.pdp.facts {
+            Some(facts) => facts.wait_for(min, patience).await,
+            None => {
+                // File mode: the revision is the snapshot's generation,
+                // which reloads raise; poll it.
+                let deadline = tokio::time::Instant::now() + patience;
+                loop {
+                    if self.pdp.live.snapshot().generation >= min {
+                        break true;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        break false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        let at = self.pdp.at();
+        if !reached || at.revision() < min {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "stale_facts",
+                format!(
+                    "the facts are at revision {}, behind the requested minimum {min} after waiting {} ms",
+                    at.revision(),
+                    patience.as_millis()
+                ),
+            ));
+        }
+        Ok(at)
     }
 
     /// Refuse a request whose entities exceed the configured bound.
@@ -128,21 +235,14 @@ impl App {
                 "admin endpoints are disabled: start the server with --admin-token or ORGWARDEN_ADMIN_TOKEN",
             ));
         };
-        let given = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        // Compare digests, so the comparison's time says nothing about the token.
-        match given {
-            Some(token) if <[u8; 32]>::from(Sha256::digest(token.as_bytes())) == *expected => {
-                Ok(())
-            }
-            _ => Err(ApiError::new(
+        if bearer_matches(headers, expected) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "a valid admin bearer token is required",
-            )),
+            ))
         }
     }
 }
@@ -180,6 +280,16 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/v1/status", get(ops::status))
         .route("/v1/reload", post(ops::reload))
+        .route("/v1/facts", post(facts::write))
+        .route("/v1/facts/changes", get(facts::changes))
+        .route("/v1/facts/{uid}", get(facts::entity))
+        .route(
+            "/v1/data",
+            get(facts::get_data)
+                .put(facts::put_data)
+                .delete(facts::delete_data),
+        )
+        .route("/v1/", get(facts::agent_root))
         .route(forward_auth::PATH, any(forward_auth::forward_auth))
         .route("/v1/forward-auth/", any(forward_auth::forward_auth))
         .route("/v1/forward-auth/{*path}", any(forward_auth::forward_auth))

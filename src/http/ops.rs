@@ -69,6 +69,11 @@ pub async fn status(State(app): State<Arc<App>>) -> Json<Value> {
         "last_error": live.last_error(),
         // null when the files are not watched (`--no-watch`, or no watcher could start).
         "watch": live.watching().map(|w| json!({ "debounce_ms": w.debounce.as_millis() as u64 })),
+        // Where decisions read facts, and the revision they are at.
+        "facts": match &app.pdp.facts {
+            Some(f) => json!({ "source": "store", "store": f.describe(), "revision": f.revision(), "entities": f.len() }),
+            None => json!({ "source": "files", "revision": snap.generation }),
+        },
     }))
 }
 

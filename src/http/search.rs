@@ -109,11 +109,20 @@ fn context_value(c: &Option<Map<String, Value>>) -> Value {
     Value::Object(c.clone().unwrap_or_default())
 }
 
-/// Run `f` on the blocking pool with the live snapshot.
+/// Run `f` on the blocking pool with the live snapshot. Refused when facts
+/// come from a store: the search index is built from entity files and
+/// would answer on facts the decisions no longer use.
 async fn blocking<T: Send + 'static>(
     app: &App,
     f: impl FnOnce(&Snapshot) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    if app.pdp.facts.is_some() {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "search_not_live",
+            "search does not yet cover store-backed facts (--facts): decide each candidate with /access/v1/evaluations instead",
+        ));
+    }
     let snap: Arc<Snapshot> = app.pdp.live.snapshot();
     tokio::task::spawn_blocking(move || f(&snap))
         .await
@@ -243,7 +252,7 @@ pub struct WorkspacesQuery {
 
 /// A principal in a URL: `Type::"id"`, or `Type:id` where the type is
 /// everything before the first single `:`.
-fn principal_from_path(snap: &Snapshot, text: &str) -> Result<EntityUid, ApiError> {
+pub(super) fn principal_from_path(snap: &Snapshot, text: &str) -> Result<EntityUid, ApiError> {
     let reference = if text.contains("::\"") {
         EntityRef::Text(text.to_string())
     } else {

@@ -1,0 +1,769 @@
+//! The durable fact store: entities, the revision counter and the change log
+//! in a database (SQLite for one sidecar, PostgreSQL for a fleet), through
+//! one code path over sqlx's `Any` driver.
+//!
+//! - **Revisions.** One meta row holds the store's revision. A commit
+//!   updates it first (`... WHERE revision = base`) inside its transaction,
+//!   so writers serialize on that row, a writer that read an older revision
+//!   gets [`StoreError::Conflict`] and changes nothing, and revisions are
+//!   gap-free and visible in commit order.
+//! - **Rows.** `entities(uid, json, revision)` holds each entity's Cedar
+//!   JSON under its canonical uid (`Prefect::User::"alice"`) and the
+//!   revision that last wrote it; `changes(revision, at, actor, ops,
+//!   upserted, deleted)` is the change log, one row per revision, with the
+//!   batch as accepted and the uids it wrote and deleted.
+//! - **Durability.** SQLite runs in WAL mode with `synchronous=FULL`: a
+//!   commit that returned is on disk. PostgreSQL commits are durable by its
+//!   own default.
+//! - **Schema.** Versioned migrations ([`MIGRATIONS`]) recorded in
+//!   `facts_schema`; a store with a newer version than this build knows is
+//!   refused, and [`Store::connect`] refuses an unmigrated one.
+//! - **Retention.** [`Store::prune_changes`] drops old change rows; a reader
+//!   behind the pruned range gets [`StoreError::Pruned`] and must
+//!   re-bootstrap from [`Store::snapshot`].
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Row, Transaction};
+
+/// Every migration, in order: migration `i` takes the schema from version
+/// `i` to `i + 1`. Each statement is valid on SQLite and PostgreSQL.
+pub const MIGRATIONS: &[&[&str]] = &[&[
+    "CREATE TABLE facts_meta (
+        id INTEGER PRIMARY KEY,
+        revision BIGINT NOT NULL,
+        pruned_through BIGINT NOT NULL
+    )",
+    "INSERT INTO facts_meta (id, revision, pruned_through) VALUES (1, 0, 0)",
+    "CREATE TABLE entities (
+        uid TEXT PRIMARY KEY,
+        json TEXT NOT NULL,
+        revision BIGINT NOT NULL
+    )",
+    "CREATE TABLE changes (
+        revision BIGINT PRIMARY KEY,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        ops TEXT NOT NULL,
+        upserted TEXT NOT NULL,
+        deleted TEXT NOT NULL
+    )",
+]];
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
+
+/// Rows per multi-row statement (3 parameters each: well under SQLite's and
+/// PostgreSQL's parameter limits).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Why a store operation failed. Every failed write changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "unsupported fact store `{0}`: expected `sqlite:PATH` or `postgres://USER@HOST/DB` (also `postgresql://`)"
+    )]
+    Url(String),
+    #[error("no fact store at `{0}` (`orgwarden facts migrate STORE` creates one)")]
+    Missing(String),
+    #[error(
+        "the fact store moved: the write expected revision {expected}, the store is at {actual}"
+    )]
+    Conflict { expected: u64, actual: u64 },
+    #[error(
+        "the fact store's schema is version {found}, newer than this orgwarden knows ({known}): upgrade orgwarden"
+    )]
+    NewerSchema { found: u64, known: u64 },
+    #[error(
+        "the fact store's schema is version {found}, this orgwarden needs {known}: run `orgwarden facts migrate STORE`"
+    )]
+    NotMigrated { found: u64, known: u64 },
+    #[error(
+        "the change log no longer holds the changes after revision {since} (pruned through {pruned_through}): re-bootstrap from a snapshot"
+    )]
+    Pruned { since: u64, pruned_through: u64 },
+    #[error("invalid commit: {0}")]
+    Invalid(String),
+    #[error("corrupt fact store: {0}")]
+    Corrupt(String),
+    #[error("fact store: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// Which database a store is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// An entity as stored: canonical uid, Cedar JSON, the revision that last
+/// wrote it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEntity {
+    pub uid: String,
+    pub json: serde_json::Value,
+    pub revision: u64,
+}
+
+/// One accepted batch, to be committed as one revision.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Commit {
+    /// Who wrote it (a token's name, `import`, ...).
+    pub actor: String,
+    /// The batch as accepted (kept in the change log).
+    pub ops: serde_json::Value,
+    /// Entities written whole: `(canonical uid, Cedar JSON)`.
+    pub upserts: Vec<(String, serde_json::Value)>,
+    /// Entities removed, by canonical uid.
+    pub deletes: Vec<String>,
+}
+
+/// One row of the change log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub revision: u64,
+    /// Commit time, RFC 3339 (UTC).
+    pub at: String,
+    pub actor: String,
+    pub ops: serde_json::Value,
+    /// The uids the revision wrote.
+    pub upserted: Vec<String>,
+    /// The uids the revision deleted.
+    pub deleted: Vec<String>,
+}
+
+/// A connection pool to one fact store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    url: String,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .field("url", &redact(&self.url))
+            .finish()
+    }
+}
+
+/// The backend a URL names, or none.
+pub fn backend_of(url: &str) -> Option<Backend> {
+    if url.starts_with("sqlite:") {
+        Some(Backend::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Some(Backend::Postgres)
+    } else {
+        None
+    }
+}
+
+/// `url` with any password replaced by `***` (for messages and logs).
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &authority[..colon],
+            &rest[at..]
+        ),
+        _ => url.to_string(),
+    }
+}
+
+fn rev(n: i64) -> Result<u64, StoreError> {
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative revision {n}")))
+}
+
+fn sql_rev(n: u64) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::Invalid(format!("revision {n} out of range")))
+}
+
+fn parse_json(what: &str, text: &str) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
+}
+
+impl Store {
+    /// Open the store at `url`, creating it (SQLite: the file) and its
+    /// tables when missing and upgrading an older schema.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let store = Self::pool(url, true).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connect to the store at `url` (SQLite: creating the file when
+    /// missing) without reading or changing its tables: for
+    /// [`Store::migrate`].
+    pub async fn attach(url: &str) -> Result<Store, StoreError> {
+        Self::pool(url, true).await
+    }
+
+    /// Open the store at `url` as it is: refused when its schema is not
+    /// exactly this build's (unmigrated, older or newer).
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        let store = Self::pool(url, false).await?;
+        let found = store.schema_version().await?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
+        if found < SCHEMA_VERSION {
+            return Err(StoreError::NotMigrated {
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
+        Ok(store)
+    }
+
+    async fn pool(url: &str, create: bool) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = backend_of(url).ok_or_else(|| StoreError::Url(redact(url)))?;
+        let mut connect_url = url.to_string();
+        let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+        let options = match backend {
+            Backend::Sqlite => {
+                let (path, query) = match url["sqlite:".len()..].split_once('?') {
+                    Some((p, q)) => (p, Some(q)),
+                    None => (&url["sqlite:".len()..], None),
+                };
+                let path = path.trim_start_matches("//");
+                if path.is_empty() || path == ":memory:" {
+                    return Err(StoreError::Url(format!(
+                        "{url} (a fact store is a file: `sqlite:PATH`)"
+                    )));
+                }
+                if !create && !std::path::Path::new(path).exists() {
+                    return Err(StoreError::Missing(url.to_string()));
+                }
+                if !query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("mode="))) {
+                    connect_url.push(if query.is_some() { '&' } else { '?' });
+                    connect_url.push_str(if create { "mode=rwc" } else { "mode=rw" });
+                }
+                options.max_connections(4).after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        sqlx::query("PRAGMA synchronous = FULL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 30000")
+                            .execute(&mut *conn)
+                            .await?;
+                        Ok(())
+                    })
+                })
+            }
+            Backend::Postgres => options.max_connections(8),
+        };
+        let pool = options.connect(&connect_url).await?;
+        if backend == Backend::Sqlite {
+            // Persistent in the file; needs no other connection to be open.
+            let mode: String = sqlx::query("PRAGMA journal_mode = WAL")
+                .fetch_one(&pool)
+                .await?
+                .try_get(0)?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(StoreError::Corrupt(format!(
+                    "cannot put the SQLite store in WAL mode (it is in `{mode}` mode)"
+                )));
+            }
+        }
+        Ok(Store {
+            pool,
+            backend,
+            url: url.to_string(),
+        })
+    }
+
+    /// Which database this store is on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The store's URL, password redacted.
+    pub fn describe(&self) -> String {
+        redact(&self.url)
+    }
+
+    /// Close the pool (waits for connections to be returned).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn schema_version_in(tx: &mut Transaction<'static, Any>) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT version FROM facts_schema WHERE id = 1")
+            .fetch_optional(&mut **tx)
+            .await?;
+        match row {
+            Some(r) => rev(r.try_get::<i64, _>(0)?),
+            None => Ok(0),
+        }
+    }
+
+    /// The schema version of the store (0: never migrated).
+    pub async fn schema_version(&self) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let exists = self.table_exists(&mut tx, "facts_schema").await?;
+        let v = if exists {
+            Self::schema_version_in(&mut tx).await?
+        } else {
+            0
+        };
+        tx.commit().await?;
+        Ok(v)
+    }
+
+    async fn table_exists(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        name: &str,
+    ) -> Result<bool, StoreError> {
+        let sql = match self.backend {
+            Backend::Sqlite => "SELECT name FROM sqlite_master WHERE type = 'table' AND name = $1",
+            Backend::Postgres => {
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = current_schema() AND table_name = $1"
+            }
+        };
+        Ok(sqlx::query(sql)
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?
+            .is_some())
+    }
+
+    /// Create or upgrade the tables to [`SCHEMA_VERSION`], in one
+    /// transaction. Returns the version found and the version now. A newer
+    /// schema is refused and left alone.
+    pub async fn migrate(&self) -> Result<(u64, u64), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        match self.backend {
+            // Concurrent migrators (a fleet starting) take turns.
+            Backend::Postgres => {
+                sqlx::query("SELECT pg_advisory_xact_lock(7413502001)")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            // A write first, so that the transaction holds SQLite's write
+            // lock before it reads the version.
+            Backend::Sqlite => {
+                sqlx::query(
+                    "CREATE TABLE IF NOT EXISTS facts_schema (id INTEGER PRIMARY KEY, version BIGINT NOT NULL)",
+                )
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("INSERT INTO facts_schema (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS facts_schema (id INTEGER PRIMARY KEY, version BIGINT NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let found = Self::schema_version_in(&mut tx).await?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
+        for migration in &MIGRATIONS[found as usize..] {
+            for statement in *migration {
+                sqlx::query(statement).execute(&mut *tx).await?;
+            }
+        }
+        let version = sql_rev(SCHEMA_VERSION)?;
+        sqlx::query(
+            "INSERT INTO facts_schema (id, version) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+        )
+        .bind(version)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((found, SCHEMA_VERSION))
+    }
+
+    async fn meta_in(tx: &mut Transaction<'static, Any>) -> Result<(u64, u64), StoreError> {
+        let row = sqlx::query("SELECT revision, pruned_through FROM facts_meta WHERE id = 1")
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("the meta row is missing".into()))?;
+        Ok((
+            rev(row.try_get::<i64, _>(0)?)?,
+            rev(row.try_get::<i64, _>(1)?)?,
+        ))
+    }
+
+    /// A transaction that reads one consistent state of the store.
+    async fn read_tx(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
+    }
+
+    /// The store's revision (0: nothing committed yet).
+    pub async fn head(&self) -> Result<u64, StoreError> {
+        let mut tx = self.read_tx().await?;
+        let (head, _) = Self::meta_in(&mut tx).await?;
+        tx.commit().await?;
+        Ok(head)
+    }
+
+    /// Every entity and the revision they make up, read in one
+    /// consistent transaction, sorted by uid.
+    pub async fn snapshot(&self) -> Result<(u64, Vec<StoredEntity>), StoreError> {
+        let mut tx = self.read_tx().await?;
+        let (head, _) = Self::meta_in(&mut tx).await?;
+        let rows = sqlx::query("SELECT uid, json, revision FROM entities")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut out = rows
+            .iter()
+            .map(stored_entity)
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(|a, b| a.uid.cmp(&b.uid));
+        Ok((head, out))
+    }
+
+    /// Whether the store holds any entity.
+    pub async fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(sqlx::query("SELECT uid FROM entities LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?
+            .is_none())
+    }
+
+    /// One entity by canonical uid.
+    pub async fn entity(&self, uid: &str) -> Result<Option<StoredEntity>, StoreError> {
+        sqlx::query("SELECT uid, json, revision FROM entities WHERE uid = $1")
+            .bind(uid)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(stored_entity)
+            .transpose()
+    }
+
+    /// Commit `commits` in one transaction, as revisions `base + 1`,
+    /// `base + 2`, ... Fails with [`StoreError::Conflict`], changing
+    /// nothing, when the store is not at `base`. Returns the revisions.
+    pub async fn commit_group(
+        &self,
+        base: u64,
+        commits: &[Commit],
+    ) -> Result<Vec<u64>, StoreError> {
+        if commits.is_empty() {
+            return Ok(Vec::new());
+        }
+        for (i, c) in commits.iter().enumerate() {
+            check_commit(c).map_err(|e| StoreError::Invalid(format!("commit {i}: {e}")))?;
+        }
+        let top = base
+            .checked_add(commits.len() as u64)
+            .ok_or_else(|| StoreError::Invalid("revision overflow".into()))?;
+        // Serialized before the transaction, so that the write lock is held
+        // only for the statements.
+        let rows = GroupRows::new(base, commits, &now_rfc3339())?;
+        let revisions: Vec<u64> = (base + 1..=top).collect();
+        let mut tx = self.pool.begin().await?;
+        // The write lock on the meta row (SQLite: on the database) comes
+        // first: writers queue here, and the loser of a race sees the
+        // winner's revision.
+        let moved =
+            sqlx::query("UPDATE facts_meta SET revision = $1 WHERE id = 1 AND revision = $2")
+                .bind(sql_rev(top)?)
+                .bind(sql_rev(base)?)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if moved != 1 {
+            let (actual, _) = Self::meta_in(&mut tx).await?;
+            tx.rollback().await?;
+            return Err(StoreError::Conflict {
+                expected: base,
+                actual,
+            });
+        }
+        write_rows(&mut tx, &rows).await?;
+        tx.commit().await?;
+        Ok(revisions)
+    }
+
+    /// The change log after revision `since`, oldest first, at most
+    /// `limit` rows. [`StoreError::Pruned`] when changes after `since` are
+    /// no longer kept.
+    pub async fn changes_since(&self, since: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let mut tx = self.read_tx().await?;
+        let (_, pruned_through) = Self::meta_in(&mut tx).await?;
+        if since < pruned_through {
+            tx.rollback().await?;
+            return Err(StoreError::Pruned {
+                since,
+                pruned_through,
+            });
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = sqlx::query(
+            "SELECT revision, at, actor, ops, upserted, deleted FROM changes \
+             WHERE revision > $1 ORDER BY revision LIMIT $2",
+        )
+        .bind(sql_rev(since)?)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter().map(change).collect()
+    }
+
+    /// The oldest revision still in the change log, if any.
+    pub async fn oldest_change(&self) -> Result<Option<u64>, StoreError> {
+        sqlx::query("SELECT revision FROM changes ORDER BY revision LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| rev(r.try_get::<i64, _>(0)?))
+            .transpose()
+    }
+
+    /// The highest revision whose change row was pruned (0: none).
+    pub async fn pruned_through(&self) -> Result<u64, StoreError> {
+        let mut tx = self.read_tx().await?;
+        let (_, pruned) = Self::meta_in(&mut tx).await?;
+        tx.commit().await?;
+        Ok(pruned)
+    }
+
+    /// Drop the change rows up to and including `through` (at most the
+    /// head). Readers behind it must re-bootstrap. Returns how many rows
+    /// went.
+    pub async fn prune_changes(&self, through: u64) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Take the write lock first (as a commit does), then read.
+        sqlx::query("UPDATE facts_meta SET pruned_through = pruned_through WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        let (head, pruned) = Self::meta_in(&mut tx).await?;
+        let through = through.min(head);
+        if through <= pruned {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let gone = sqlx::query("DELETE FROM changes WHERE revision <= $1")
+            .bind(sql_rev(through)?)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("UPDATE facts_meta SET pruned_through = $1 WHERE id = 1")
+            .bind(sql_rev(through)?)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(gone)
+    }
+}
+
+fn stored_entity(row: &AnyRow) -> Result<StoredEntity, StoreError> {
+    let uid: String = row.try_get(0)?;
+    let json: String = row.try_get(1)?;
+    Ok(StoredEntity {
+        json: parse_json(&format!("entity {uid}"), &json)?,
+        revision: rev(row.try_get::<i64, _>(2)?)?,
+        uid,
+    })
+}
+
+fn change(row: &AnyRow) -> Result<Change, StoreError> {
+    let revision = rev(row.try_get::<i64, _>(0)?)?;
+    let what = format!("change {revision}");
+    let uids = |i: usize| -> Result<Vec<String>, StoreError> {
+        let text: String = row.try_get(i)?;
+        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+    };
+    Ok(Change {
+        revision,
+        at: row.try_get(1)?,
+        actor: row.try_get(2)?,
+        ops: parse_json(&what, &row.try_get::<String, _>(3)?)?,
+        upserted: uids(4)?,
+        deleted: uids(5)?,
+    })
+}
+
+/// A commit names each uid at most once, and no uid is empty.
+fn check_commit(c: &Commit) -> Result<(), String> {
+    let mut seen = HashSet::with_capacity(c.upserts.len() + c.deletes.len());
+    for uid in c.upserts.iter().map(|(u, _)| u).chain(&c.deletes) {
+        if uid.is_empty() {
+            return Err("an empty uid".into());
+        }
+        if !seen.insert(uid.as_str()) {
+            return Err(format!("{uid} is written twice"));
+        }
+    }
+    Ok(())
+}
+
+/// The rows a group writes, serialized: per uid the group's last write
+/// (an upsert with its revision, or a delete), and one change row per
+/// commit. Written with a few multi-row statements whatever the group's
+/// size.
+struct GroupRows<'a> {
+    deletes: Vec<&'a str>,
+    /// `(uid, json, revision)`.
+    upserts: Vec<(&'a str, String, i64)>,
+    /// `(revision, actor, ops, upserted, deleted)`.
+    changes: Vec<(i64, &'a str, String, String, String)>,
+    at: String,
+}
+
+impl<'a> GroupRows<'a> {
+    fn new(base: u64, commits: &'a [Commit], at: &str) -> Result<Self, StoreError> {
+        let mut last: HashMap<&'a str, (usize, Option<&'a serde_json::Value>)> = HashMap::new();
+        let mut changes = Vec::with_capacity(commits.len());
+        let uid_list = |uids: Vec<&str>| serde_json::Value::from(uids).to_string();
+        for (i, c) in commits.iter().enumerate() {
+            for (uid, json) in &c.upserts {
+                last.insert(uid, (i, Some(json)));
+            }
+            for uid in &c.deletes {
+                last.insert(uid, (i, None));
+            }
+            changes.push((
+                sql_rev(base + i as u64 + 1)?,
+                c.actor.as_str(),
+                c.ops.to_string(),
+                uid_list(c.upserts.iter().map(|(u, _)| u.as_str()).collect()),
+                uid_list(c.deletes.iter().map(String::as_str).collect()),
+            ));
+        }
+        let mut deletes = Vec::new();
+        let mut upserts = Vec::new();
+        for (uid, (i, json)) in last {
+            match json {
+                Some(json) => upserts.push((uid, json.to_string(), changes[i].0)),
+                None => deletes.push(uid),
+            }
+        }
+        Ok(GroupRows {
+            deletes,
+            upserts,
+            changes,
+            at: at.to_string(),
+        })
+    }
+}
+
+/// `($1, $2, ...), ($k+1, ...)`: `rows` groups of `width` placeholders.
+fn placeholders(rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let marks: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
+            format!("({})", marks.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn write_rows(
+    tx: &mut Transaction<'static, Any>,
+    rows: &GroupRows<'_>,
+) -> Result<(), StoreError> {
+    for chunk in rows.deletes.chunks(ROWS_PER_STATEMENT) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!("DELETE FROM entities WHERE uid IN ({})", marks.join(", "));
+        let mut q = sqlx::query(&sql);
+        for uid in chunk {
+            q = q.bind(*uid);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    for chunk in rows.upserts.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO entities (uid, json, revision) VALUES {} \
+             ON CONFLICT (uid) DO UPDATE SET json = excluded.json, revision = excluded.revision",
+            placeholders(chunk.len(), 3)
+        );
+        let mut q = sqlx::query(&sql);
+        for (uid, json, revision) in chunk {
+            q = q.bind(*uid).bind(json.as_str()).bind(*revision);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    for chunk in rows.changes.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO changes (revision, at, actor, ops, upserted, deleted) VALUES {}",
+            placeholders(chunk.len(), 6)
+        );
+        let mut q = sqlx::query(&sql);
+        for (revision, actor, ops, upserted, deleted) in chunk {
+            q = q
+                .bind(*revision)
+                .bind(rows.at.as_str())
+                .bind(*actor)
+                .bind(ops.as_str())
+                .bind(upserted.as_str())
+                .bind(deleted.as_str());
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("postgres://app:secret@db:5432/facts"),
+            "postgres://app:***@db:5432/facts"
+        );
+        assert_eq!(redact("postgres://app@db/facts"), "postgres://app@db/facts");
+        assert_eq!(redact("sqlite:/tmp/x.db"), "sqlite:/tmp/x.db");
+    }
+
+    #[test]
+    fn commits_name_each_uid_once() {
+        let c = Commit {
+            upserts: vec![("a".into(), serde_json::json!({}))],
+            deletes: vec!["a".into()],
+            ..Commit::default()
+        };
+        assert!(check_commit(&c).is_err());
+        let c = Commit {
+            upserts: vec![("a".into(), serde_json::json!({}))],
+            deletes: vec!["b".into()],
+            ..Commit::default()
+        };
+        assert!(check_commit(&c).is_ok());
+    }
+}
