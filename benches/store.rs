@@ -55,7 +55,11 @@ fn user(template: &Value, i: usize, ws: usize, role: &str) -> (String, Value) {
 }
 
 fn set_tag_commit(template: &Value, i: usize, n: usize) -> Commit {
-    let role = if n.is_multiple_of(2) { "developer" } else { "viewer" };
+    let role = if n.is_multiple_of(2) {
+        "developer"
+    } else {
+        "viewer"
+    };
     let ws = n % 300;
     let (uid, entity) = user(template, i, ws, role);
     Commit {
