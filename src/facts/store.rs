@@ -278,7 +278,7 @@ impl Store {
         };
         let pool = options.connect(&connect_url).await?;
         if backend == Backend::Sqlite {
-            // Persistent in the file; needs no other connection to be open.
+            // Kept in the file: a no-op once set.
             let mode: String = sqlx::query("PRAGMA journal_mode = WAL")
                 .fetch_one(&pool)
                 .await?

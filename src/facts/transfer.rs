@@ -182,15 +182,16 @@ pub async fn export(store: &Store, dir: &Path) -> Result<ExportReport, TransferE
         }
     }
     let (revision, entities) = store.snapshot().await?;
+    let count = entities.len();
     let mut by_type: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for e in &entities {
+    for e in entities {
         let uid = EntityUid::from_str(&e.uid).map_err(|err| {
             StoreError::Corrupt(format!("stored uid `{}` does not parse: {err}", e.uid))
         })?;
         by_type
             .entry(uid.type_name().to_string())
             .or_default()
-            .push(e.json.clone());
+            .push(e.json);
     }
     let types: Vec<String> = by_type.keys().cloned().collect();
     let names = file_names(&types);
@@ -206,7 +207,7 @@ pub async fn export(store: &Store, dir: &Path) -> Result<ExportReport, TransferE
     }
     Ok(ExportReport {
         revision,
-        entities: entities.len(),
+        entities: count,
         files,
     })
 }
