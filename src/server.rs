@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::decision_log::{DecisionLog, LogTarget};
+use crate::decision_log::{DecisionLog, LogOptions, LogTarget, Overflow};
 use crate::http::{self, App, HttpConfig};
 use crate::load::Paths;
 use crate::metrics::Metrics;
@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub decision_log: LogTarget,
     /// Log only denied decisions.
     pub decision_log_denies_only: bool,
+    /// What a decision does when the log's queue is full.
+    pub decision_log_overflow: Overflow,
     pub log_format: LogFormat,
     /// Watch the files (none: reload only on SIGHUP or `POST /v1/reload`).
     pub watch: Option<WatchConfig>,
@@ -68,7 +70,12 @@ pub fn run(config: ServerConfig) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let log = match DecisionLog::start(&config.decision_log, config.decision_log_denies_only) {
+    let options = LogOptions {
+        denies_only: config.decision_log_denies_only,
+        overflow: config.decision_log_overflow,
+        ..LogOptions::default()
+    };
+    let log = match DecisionLog::start_with(&config.decision_log, options) {
         Ok(log) => log,
         Err(e) => {
             eprintln!(

@@ -188,12 +188,13 @@ pub fn response_body(d: &Decided) -> Value {
     })
 }
 
-fn evaluate(app: &App, snap: &Snapshot, e: &Evaluation) -> Result<Value, ApiError> {
+async fn evaluate(app: &App, snap: &Snapshot, e: &Evaluation) -> Result<Value, ApiError> {
     let input = to_input(snap, e)?;
     app.check_bounds(&input)?;
     let decided = app
         .pdp
         .authorize(snap, &input, "authzen")
+        .await
         .map_err(|e| authzen_field(e.into()))?;
     Ok(response_body(&decided))
 }
@@ -203,7 +204,7 @@ pub async fn evaluation(
     JsonBody(e): JsonBody<Evaluation>,
 ) -> Result<Json<Value>, ApiError> {
     let snap = app.pdp.live.snapshot();
-    evaluate(&app, &snap, &e).map(Json)
+    evaluate(&app, &snap, &e).await.map(Json)
 }
 
 /// A batch: each evaluation inherits the top-level subject, action, resource
@@ -217,7 +218,7 @@ pub async fn evaluations(
     let snap = app.pdp.live.snapshot();
     let items = match &req.evaluations {
         Some(items) if !items.is_empty() => items,
-        _ => return evaluate(&app, &snap, &req.defaults).map(Json),
+        _ => return evaluate(&app, &snap, &req.defaults).await.map(Json),
     };
     app.check_batch_len(items.len(), "evaluations")?;
     let semantic = req
@@ -227,7 +228,7 @@ pub async fn evaluations(
         .unwrap_or_default();
     let mut results = Vec::with_capacity(items.len());
     for item in items {
-        let result = match evaluate(&app, &snap, &merged(item, &req.defaults)) {
+        let result = match evaluate(&app, &snap, &merged(item, &req.defaults)).await {
             Ok(v) => v,
             Err(e) => {
                 json!({ "decision": false, "context": { "error": e.body()["error"].clone() } })

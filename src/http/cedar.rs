@@ -56,9 +56,13 @@ pub fn response_body(d: &Decided) -> ResponseBody {
     }
 }
 
-fn decide_one(app: &App, snap: &Snapshot, input: &RequestInput) -> Result<ResponseBody, ApiError> {
+async fn decide_one(
+    app: &App,
+    snap: &Snapshot,
+    input: &RequestInput,
+) -> Result<ResponseBody, ApiError> {
     app.check_bounds(input)?;
-    let decided = app.pdp.authorize(snap, input, "cedar")?;
+    let decided = app.pdp.authorize(snap, input, "cedar").await?;
     Ok(response_body(&decided))
 }
 
@@ -67,7 +71,7 @@ pub async fn is_authorized(
     JsonBody(input): JsonBody<RequestInput>,
 ) -> Result<Json<ResponseBody>, ApiError> {
     let snap = app.pdp.live.snapshot();
-    decide_one(&app, &snap, &input).map(Json)
+    decide_one(&app, &snap, &input).await.map(Json)
 }
 
 /// `{"results": [...]}`, in request order.
@@ -84,13 +88,12 @@ pub async fn is_authorized_batch(
 ) -> Result<Json<BatchBody>, ApiError> {
     app.check_batch_len(batch.requests.len(), "requests")?;
     let snap = app.pdp.live.snapshot();
-    let results = batch
-        .requests
-        .iter()
-        .enumerate()
-        .map(|(i, input)| {
-            decide_one(&app, &snap, input).map_err(|e| e.within(&format!("requests[{i}]")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut results = Vec::with_capacity(batch.requests.len());
+    for (i, input) in batch.requests.iter().enumerate() {
+        let result = decide_one(&app, &snap, input)
+            .await
+            .map_err(|e| e.within(&format!("requests[{i}]")))?;
+        results.push(result);
+    }
     Ok(Json(BatchBody { results }))
 }

@@ -73,20 +73,20 @@ fn allow(principal: Option<&str>, decision_id: Option<String>) -> Result<Respons
 }
 
 /// Decide one forwarded request against `snap`.
-pub fn decide(
+pub async fn decide(
     app: &App,
     snap: &Snapshot,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Response {
-    match decide_inner(app, snap, method, uri, headers) {
+    match decide_inner(app, snap, method, uri, headers).await {
         Ok(r) => r,
         Err(refusal) => refusal.into_response(),
     }
 }
 
-fn decide_inner(
+async fn decide_inner(
     app: &App,
     snap: &Snapshot,
     method: &Method,
@@ -110,6 +110,7 @@ fn decide_inner(
             matched.resource_uid(),
             "forward_auth",
         )
+        .await
         .map_err(|e| {
             tracing::warn!(
                 route = %matched.route.name(),
@@ -138,5 +139,5 @@ pub async fn forward_auth(
     headers: HeaderMap,
 ) -> Response {
     let snap = app.pdp.live.snapshot();
-    decide(&app, &snap, &method, &uri, &headers)
+    decide(&app, &snap, &method, &uri, &headers).await
 }
