@@ -122,6 +122,7 @@ pub enum Recorded {
 #[derive(Clone)]
 pub struct DecisionLog {
     sender: Option<Sender<DecisionRecord>>,
+    writer: Option<Arc<std::thread::JoinHandle<()>>>,
     denies_only: bool,
     overflow: Overflow,
 }
@@ -131,6 +132,7 @@ impl DecisionLog {
     pub fn off() -> Self {
         DecisionLog {
             sender: None,
+            writer: None,
             denies_only: false,
             overflow: Overflow::Block,
         }
@@ -165,11 +167,12 @@ impl DecisionLog {
     /// Start a writer thread that writes lines to `out`.
     pub fn to_writer(out: Box<dyn Write + Send>, options: LogOptions) -> std::io::Result<Self> {
         let (sender, receiver) = mpsc::channel(options.capacity.max(1));
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("decision-log".into())
             .spawn(move || write_loop(receiver, out))?;
         Ok(DecisionLog {
             sender: Some(sender),
+            writer: Some(Arc::new(writer)),
             denies_only: options.denies_only,
             overflow: options.overflow,
         })
@@ -208,10 +211,35 @@ impl DecisionLog {
         }
     }
 
+    /// A handle that waits for the writer to finish, once every clone of
+    /// this log is dropped (none when the log is off).
+    pub fn closer(&self) -> Option<Closer> {
+        self.writer.clone().map(Closer)
+    }
+
     /// A handle that tells how many records are queued, without keeping
     /// the writer alive.
     pub fn probe(&self) -> Option<QueueProbe> {
         self.sender.as_ref().map(|s| QueueProbe(s.downgrade()))
+    }
+}
+
+/// Waits for the writer to write what was queued and stop.
+pub struct Closer(Arc<std::thread::JoinHandle<()>>);
+
+impl Closer {
+    /// Wait until the writer has stopped (every clone of the log is
+    /// dropped and the queue is written), at most `limit`; false if it
+    /// has not.
+    pub fn wait(&self, limit: std::time::Duration) -> bool {
+        let until = std::time::Instant::now() + limit;
+        while !self.0.is_finished() {
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        true
     }
 }
 
@@ -257,7 +285,13 @@ pub fn write_line(buf: &mut Vec<u8>, record: &DecisionRecord) {
     let entry = &*record.entry;
     buf.extend_from_slice(b"{\"decision_id\":\"");
     let mut id = Uuid::encode_buffer();
-    buf.extend_from_slice(record.decision_id.hyphenated().encode_lower(&mut id).as_bytes());
+    buf.extend_from_slice(
+        record
+            .decision_id
+            .hyphenated()
+            .encode_lower(&mut id)
+            .as_bytes(),
+    );
     buf.extend_from_slice(b"\",\"timestamp\":\"");
     let t: time::OffsetDateTime = record.timestamp.into();
     let _ = t.format_into(buf, &time::format_description::well_known::Rfc3339);
@@ -384,10 +418,15 @@ mod tests {
             ..record("U::\"a\"", &[], &[])
         };
         let text = line(&r);
-        assert!(text.contains(r#""timestamp":"2026-05-28T20:26:40Z""#), "{text}");
+        assert!(
+            text.contains(r#""timestamp":"2026-05-28T20:26:40Z""#),
+            "{text}"
+        );
         assert!(text.contains(r#""reasons":[],"errors":[],"#), "{text}");
         assert!(
-            text.ends_with("\"latency_us\":18446744073709551615,\"api\":\"cedar\",\"cached\":false}\n"),
+            text.ends_with(
+                "\"latency_us\":18446744073709551615,\"api\":\"cedar\",\"cached\":false}\n"
+            ),
             "{text}"
         );
     }

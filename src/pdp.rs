@@ -75,6 +75,11 @@ impl Pdp {
         }
     }
 
+    /// Waits for the decision log's writer once the decision point is gone.
+    pub fn log_closer(&self) -> Option<crate::decision_log::Closer> {
+        self.log.closer()
+    }
+
     /// Decide `input` against `snap`, the snapshot the caller took for this
     /// HTTP request (so that a batch is decided against one generation).
     pub async fn authorize(

@@ -113,7 +113,8 @@ pub fn run(config: ServerConfig) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(async move {
+    let closer = app.pdp.log_closer();
+    let code = runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -143,7 +144,16 @@ pub fn run(config: ServerConfig) -> ExitCode {
                 ExitCode::from(1)
             }
         }
-    })
+    });
+    // Dropping the runtime drops the last handles on the decision log; its
+    // writer then writes what is queued and stops.
+    drop(runtime);
+    if let Some(closer) = closer
+        && !closer.wait(std::time::Duration::from_secs(10))
+    {
+        tracing::error!("the decision log's writer did not finish; its last records may be lost");
+    }
+    code
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -20,9 +20,12 @@ use serde_json::Value;
 
 const AUTHZ: &str = "/v1/is_authorized";
 
+/// Whether the gate is open, and what was written through it.
+type GateState = Mutex<(bool, Vec<u8>)>;
+
 /// A sink that holds writes until opened, then keeps what was written.
 #[derive(Clone, Default)]
-struct Gate(Arc<(Mutex<(bool, Vec<u8>)>, Condvar)>);
+struct Gate(Arc<(GateState, Condvar)>);
 
 impl Gate {
     fn open(&self) {
@@ -135,7 +138,10 @@ async fn block_mode_waits_without_stalling_the_server_and_loses_nothing() {
         ids.insert(client.await.unwrap());
     }
     assert_eq!(ids.len(), N);
-    eventually("every decision is written", async || gate.lines().len() >= N).await;
+    eventually("every decision is written", async || {
+        gate.lines().len() >= N
+    })
+    .await;
     let lines = gate.lines();
     assert_eq!(lines.len(), N);
     let logged: HashSet<String> = lines
@@ -172,7 +178,10 @@ async fn drop_mode_answers_every_request_and_counts_what_it_drops() {
     })
     .await;
     for line in gate.lines() {
-        assert!(ids.contains(line["decision_id"].as_str().unwrap()), "{line}");
+        assert!(
+            ids.contains(line["decision_id"].as_str().unwrap()),
+            "{line}"
+        );
     }
     // Nothing is dropped once the writer keeps up.
     let (status, _) = s.post(AUTHZ, request(0)).await;
