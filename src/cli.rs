@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::http::HeaderName;
 
-use crate::decision_log::LogTarget;
+use crate::decision_log::{LogTarget, Overflow};
 use crate::engine::{self, RequestInput};
 use crate::gateway::forward_auth::{ForwardAuthConfig, Unmatched};
 use crate::http::HttpConfig;
@@ -262,6 +262,16 @@ pub struct ServeArgs {
     /// Log only denied decisions.
     #[arg(long, env = "ORGWARDEN_DECISION_LOG_DENIES_ONLY")]
     pub decision_log_denies_only: bool,
+    /// When the decision log's writer cannot keep up: `block` (requests wait
+    /// for room; no record is lost) or `drop` (records are dropped and
+    /// counted in `orgwarden_decision_log_dropped_total`).
+    #[arg(
+        long,
+        env = "ORGWARDEN_DECISION_LOG_OVERFLOW",
+        value_parser = choice::<Overflow>(Overflow::NAMES),
+        default_value = "block"
+    )]
+    pub decision_log_overflow: Overflow,
     /// Bearer token for admin endpoints (`POST /v1/reload`); unset refuses them.
     #[arg(long, env = "ORGWARDEN_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -331,6 +341,7 @@ impl ServeArgs {
             cache_size: self.cache_size,
             decision_log: self.decision_log.clone(),
             decision_log_denies_only: self.decision_log_denies_only,
+            decision_log_overflow: self.decision_log_overflow,
             log_format: self.log_format,
             watch: (!self.no_watch).then(|| WatchConfig {
                 debounce: Duration::from_millis(self.reload_debounce_ms),

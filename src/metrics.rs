@@ -3,7 +3,10 @@
 //!
 //! One [`Metrics`] per server, with its own registry (no global state), so
 //! that several servers in one process (tests) count separately. Gauges that
-//! describe the served snapshot are read from it at scrape time.
+//! describe the served snapshot, and the decision log's queue, are read at
+//! scrape time.
+
+use std::sync::OnceLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -12,6 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::decision_log::QueueProbe;
 use crate::reload::Live;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,6 +40,10 @@ pub struct Metrics {
     pub cache_misses: Counter,
     pub in_flight: Gauge,
     pub request_errors: Family<ErrorLabels, Counter>,
+    /// Decision records dropped because the log's queue was full.
+    pub decision_log_dropped: Counter,
+    decision_log_queue: Gauge,
+    decision_log_probe: OnceLock<QueueProbe>,
     generation: Gauge,
     entities: Gauge,
     policies: Gauge,
@@ -90,6 +98,18 @@ impl Metrics {
             "Requests rejected as invalid, by error code",
             request_errors.clone(),
         );
+        let decision_log_dropped = Counter::default();
+        registry.register(
+            "decision_log_dropped",
+            "Decision records dropped because the decision log's queue was full",
+            decision_log_dropped.clone(),
+        );
+        let decision_log_queue = Gauge::default();
+        registry.register(
+            "decision_log_queue",
+            "Decision records waiting for the decision log's writer",
+            decision_log_queue.clone(),
+        );
         let generation = Gauge::default();
         registry.register(
             "snapshot_generation",
@@ -130,6 +150,9 @@ impl Metrics {
             cache_misses,
             in_flight,
             request_errors,
+            decision_log_dropped,
+            decision_log_queue,
+            decision_log_probe: OnceLock::new(),
             generation,
             entities,
             policies,
@@ -139,8 +162,16 @@ impl Metrics {
         }
     }
 
+    /// Report the queue of this decision log (the first one given).
+    pub fn watch_decision_log(&self, probe: QueueProbe) {
+        let _ = self.decision_log_probe.set(probe);
+    }
+
     /// The metrics in Prometheus' text exposition format.
     pub fn render(&self, live: &Live) -> String {
+        if let Some(probe) = self.decision_log_probe.get() {
+            self.decision_log_queue.set(probe.queued() as i64);
+        }
         let snap = live.snapshot();
         self.generation.set(snap.generation as i64);
         self.entities.set(snap.entity_count() as i64);

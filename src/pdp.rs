@@ -7,17 +7,22 @@
 //! [`crate::facts::slice`]), metrics, the decision log and a fresh decision
 //! id. It fails closed: an invalid request is an
 //! error for the caller to report, and nothing here can turn into an Allow.
+//!
+//! Deciding is synchronous; handing the record to the decision log is the
+//! one `await` (it waits only when the log's queue is full and the log
+//! blocks on overflow), so a stalled log never holds a runtime thread.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use moka::sync::Cache;
 use uuid::Uuid;
 
-use crate::decision_log::{DecisionLog, DecisionRecord};
+pub use crate::decision_log::Entry;
+use crate::decision_log::{DecisionLog, DecisionRecord, Recorded};
 use cedar_policy::EntityUid;
 
-use crate::engine::{self, Outcome, Query, RequestError, RequestInput};
+use crate::engine::{self, Query, RequestError, RequestInput};
 use crate::live_facts::{At, LiveFacts};
 use crate::metrics::{DecisionLabels, ErrorLabels, Metrics};
 use crate::names::EntityRef;
@@ -29,16 +34,9 @@ pub struct Decided {
     pub decision_id: Uuid,
     pub generation: u64,
     pub cached: bool,
+    /// Time to decide (parsing, cache and evaluation).
+    pub latency: Duration,
     pub entry: Arc<Entry>,
-}
-
-/// A decision with the resolved names it was made for.
-#[derive(Debug)]
-pub struct Entry {
-    pub outcome: Outcome,
-    pub principal: String,
-    pub action: String,
-    pub resource: String,
 }
 
 /// A cache key: the snapshot generation, the fact revision and the request,
@@ -75,6 +73,9 @@ impl Pdp {
     /// `cache_size` 0 turns the decision cache off.
     pub fn new(live: Arc<Live>, metrics: Arc<Metrics>, cache_size: u64, log: DecisionLog) -> Self {
         let cache = (cache_size > 0).then(|| Cache::new(cache_size));
+        if let Some(probe) = log.probe() {
+            metrics.watch_decision_log(probe);
+        }
         Pdp {
             live,
             metrics,
@@ -100,15 +101,74 @@ impl Pdp {
         }
     }
 
+    /// Waits for the decision log's writer once the decision point is gone.
+    pub fn log_closer(&self) -> Option<crate::decision_log::Closer> {
+        self.log.closer()
+    }
+
     /// Decide `input` against `snap`, what the caller took for this HTTP
     /// request (so that a batch is decided against one generation and one
     /// fact revision).
-    pub fn authorize(
+    pub async fn authorize(
         &self,
         snap: &At,
         input: &RequestInput,
         api: &'static str,
     ) -> Result<Decided, RequestError> {
+        let decided = self.decide(snap, input)?;
+        self.log(&decided, api).await;
+        Ok(decided)
+    }
+
+    /// Decide a request whose parts are already resolved (forward-auth's
+    /// route and principal), with an empty context, against `snap`.
+    pub async fn authorize_uids(
+        &self,
+        snap: &At,
+        principal: EntityUid,
+        action: EntityUid,
+        resource: EntityUid,
+        api: &'static str,
+    ) -> Result<Decided, RequestError> {
+        let decided = self.decide_uids(snap, principal, action, resource)?;
+        self.log(&decided, api).await;
+        Ok(decided)
+    }
+
+    /// Count the decision and hand its record to the decision log.
+    async fn log(&self, decided: &Decided, api: &'static str) {
+        let allowed = decided.entry.outcome.allowed();
+        self.metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                decision: if allowed { "allow" } else { "deny" },
+                api,
+            })
+            .inc();
+        if !self.log.wants(decided.entry.outcome.decision) {
+            return;
+        }
+        let record = DecisionRecord {
+            decision_id: decided.decision_id,
+            timestamp: SystemTime::now(),
+            entry: decided.entry.clone(),
+            generation: decided.generation,
+            latency_us: decided.latency.as_micros() as u64,
+            api,
+            cached: decided.cached,
+        };
+        match self.log.record(record).await {
+            Recorded::Queued => {}
+            Recorded::Dropped => {
+                self.metrics.decision_log_dropped.inc();
+            }
+            Recorded::Closed => {
+                tracing::error!("decision log writer stopped; decision not logged")
+            }
+        }
+    }
+
+    fn decide(&self, snap: &At, input: &RequestInput) -> Result<Decided, RequestError> {
         let started = Instant::now();
         let cacheable =
             self.cache.is_some() && input.entities.is_none() && input.additional_entities.is_none();
@@ -126,7 +186,7 @@ impl Pdp {
             }
             None => (None, None),
         };
-        self.decide_cached(snap, started, key, api, |key| {
+        self.decide_cached(snap, started, key, |key| {
             let text = match (key, context_text) {
                 (Some(CacheKey::Wire { request, .. }), Some(at)) => Some(&request[at..]),
                 _ => None,
@@ -135,15 +195,12 @@ impl Pdp {
         })
     }
 
-    /// Decide a request whose parts are already resolved (forward-auth's
-    /// route and principal), with an empty context, against `snap`.
-    pub fn authorize_uids(
+    fn decide_uids(
         &self,
         snap: &At,
         principal: EntityUid,
         action: EntityUid,
         resource: EntityUid,
-        api: &'static str,
     ) -> Result<Decided, RequestError> {
         let started = Instant::now();
         let key = self.cache.is_some().then(|| CacheKey::Resolved {
@@ -151,18 +208,17 @@ impl Pdp {
             revision: snap.revision(),
             uids: Box::new([principal.clone(), action.clone(), resource.clone()]),
         });
-        self.decide_cached(snap, started, key, api, |_| {
+        self.decide_cached(snap, started, key, |_| {
             engine::build_query(snap, principal, action, resource, serde_json::json!({}))
         })
     }
 
-    /// The cache, the engine on a miss, metrics and the decision log.
+    /// The cache, the engine on a miss, and the latency histogram.
     fn decide_cached(
         &self,
         snap: &At,
         started: Instant,
         key: Option<CacheKey>,
-        api: &'static str,
         prepare: impl FnOnce(Option<&CacheKey>) -> Result<Query, RequestError>,
     ) -> Result<Decided, RequestError> {
         let cached = key.as_ref().and_then(|k| self.cache.as_ref()?.get(k));
@@ -199,37 +255,13 @@ impl Pdp {
                 (entry, false)
             }
         };
-        let elapsed = started.elapsed();
-        let decision_id = Uuid::now_v7();
-        let allowed = entry.outcome.allowed();
-        self.metrics
-            .decisions
-            .get_or_create(&DecisionLabels {
-                decision: if allowed { "allow" } else { "deny" },
-                api,
-            })
-            .inc();
-        self.metrics.decision_seconds.observe(elapsed.as_secs_f64());
-        if self.log.wants(entry.outcome.decision) {
-            self.log.record(DecisionRecord {
-                decision_id: decision_id.to_string(),
-                timestamp: SystemTime::now(),
-                principal: entry.principal.clone(),
-                action: entry.action.clone(),
-                resource: entry.resource.clone(),
-                decision: entry.outcome.decision,
-                reasons: entry.outcome.reasons.clone(),
-                errors: entry.outcome.errors.clone(),
-                generation: snap.generation,
-                latency_us: elapsed.as_micros() as u64,
-                api,
-                cached: hit,
-            });
-        }
+        let latency = started.elapsed();
+        self.metrics.decision_seconds.observe(latency.as_secs_f64());
         Ok(Decided {
-            decision_id,
+            decision_id: Uuid::now_v7(),
             generation: snap.generation,
             cached: hit,
+            latency,
             entry,
         })
     }

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::decision_log::{DecisionLog, LogTarget};
+use crate::decision_log::{DecisionLog, LogOptions, LogTarget, Overflow};
 use crate::http::{self, App, HttpConfig};
 use crate::live_facts::LiveFacts;
 use crate::load::Paths;
@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub decision_log: LogTarget,
     /// Log only denied decisions.
     pub decision_log_denies_only: bool,
+    /// What a decision does when the log's queue is full.
+    pub decision_log_overflow: Overflow,
     pub log_format: LogFormat,
     /// Watch the files (none: reload only on SIGHUP or `POST /v1/reload`).
     pub watch: Option<WatchConfig>,
@@ -72,7 +74,12 @@ pub fn run(config: ServerConfig) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let log = match DecisionLog::start(&config.decision_log, config.decision_log_denies_only) {
+    let options = LogOptions {
+        denies_only: config.decision_log_denies_only,
+        overflow: config.decision_log_overflow,
+        ..LogOptions::default()
+    };
+    let log = match DecisionLog::start_with(&config.decision_log, options) {
         Ok(log) => log,
         Err(e) => {
             eprintln!(
@@ -109,7 +116,8 @@ pub fn run(config: ServerConfig) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(async move {
+    let closer = pdp.log_closer();
+    let code = runtime.block_on(async move {
         let pdp = match &config.facts {
             None => pdp,
             Some(url) => match LiveFacts::start(url, live.clone()).await {
@@ -161,7 +169,16 @@ pub fn run(config: ServerConfig) -> ExitCode {
                 ExitCode::from(1)
             }
         }
-    })
+    });
+    // Dropping the runtime drops the last handles on the decision log; its
+    // writer then writes what is queued and stops.
+    drop(runtime);
+    if let Some(closer) = closer
+        && !closer.wait(std::time::Duration::from_secs(10))
+    {
+        tracing::error!("the decision log's writer did not finish; its last records may be lost");
+    }
+    code
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -189,12 +189,13 @@ pub fn response_body(d: &Decided) -> Value {
     })
 }
 
-fn evaluate(app: &App, snap: &At, e: &Evaluation) -> Result<Value, ApiError> {
+async fn evaluate(app: &App, snap: &At, e: &Evaluation) -> Result<Value, ApiError> {
     let input = to_input(snap, e)?;
     app.check_bounds(&input)?;
     let decided = app
         .pdp
         .authorize(snap, &input, "authzen")
+        .await
         .map_err(|e| authzen_field(e.into()))?;
     Ok(response_body(&decided))
 }
@@ -205,7 +206,7 @@ pub async fn evaluation(
     JsonBody(e): JsonBody<Evaluation>,
 ) -> Result<([(HeaderName, HeaderValue); 1], Json<Value>), ApiError> {
     let snap = app.at(&headers).await?;
-    let body = evaluate(&app, &snap, &e)?;
+    let body = evaluate(&app, &snap, &e).await?;
     Ok((super::revision_header(&snap), Json(body)))
 }
 
@@ -222,7 +223,7 @@ pub async fn evaluations(
     let items = match &req.evaluations {
         Some(items) if !items.is_empty() => items,
         _ => {
-            let body = evaluate(&app, &snap, &req.defaults)?;
+            let body = evaluate(&app, &snap, &req.defaults).await?;
             return Ok((super::revision_header(&snap), Json(body)));
         }
     };
@@ -234,7 +235,7 @@ pub async fn evaluations(
         .unwrap_or_default();
     let mut results = Vec::with_capacity(items.len());
     for item in items {
-        let result = match evaluate(&app, &snap, &merged(item, &req.defaults)) {
+        let result = match evaluate(&app, &snap, &merged(item, &req.defaults)).await {
             Ok(v) => v,
             Err(e) => {
                 json!({ "decision": false, "context": { "error": e.body()["error"].clone() } })

@@ -57,9 +57,9 @@ pub fn response_body(d: &Decided) -> ResponseBody {
     }
 }
 
-fn decide_one(app: &App, snap: &At, input: &RequestInput) -> Result<ResponseBody, ApiError> {
+async fn decide_one(app: &App, snap: &At, input: &RequestInput) -> Result<ResponseBody, ApiError> {
     app.check_bounds(input)?;
-    let decided = app.pdp.authorize(snap, input, "cedar")?;
+    let decided = app.pdp.authorize(snap, input, "cedar").await?;
     Ok(response_body(&decided))
 }
 
@@ -69,7 +69,7 @@ pub async fn is_authorized(
     JsonBody(input): JsonBody<RequestInput>,
 ) -> Result<([(HeaderName, HeaderValue); 1], Json<ResponseBody>), ApiError> {
     let snap = app.at(&headers).await?;
-    let body = decide_one(&app, &snap, &input)?;
+    let body = decide_one(&app, &snap, &input).await?;
     Ok((super::revision_header(&snap), Json(body)))
 }
 
@@ -88,13 +88,12 @@ pub async fn is_authorized_batch(
 ) -> Result<([(HeaderName, HeaderValue); 1], Json<BatchBody>), ApiError> {
     app.check_batch_len(batch.requests.len(), "requests")?;
     let snap = app.at(&headers).await?;
-    let results = batch
-        .requests
-        .iter()
-        .enumerate()
-        .map(|(i, input)| {
-            decide_one(&app, &snap, input).map_err(|e| e.within(&format!("requests[{i}]")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut results = Vec::with_capacity(batch.requests.len());
+    for (i, input) in batch.requests.iter().enumerate() {
+        let result = decide_one(&app, &snap, input)
+            .await
+            .map_err(|e| e.within(&format!("requests[{i}]")))?;
+        results.push(result);
+    }
     Ok((super::revision_header(&snap), Json(BatchBody { results })))
 }

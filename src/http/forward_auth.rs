@@ -73,14 +73,20 @@ fn allow(principal: Option<&str>, decision_id: Option<String>) -> Result<Respons
 }
 
 /// Decide one forwarded request against `snap`.
-pub fn decide(app: &App, snap: &At, method: &Method, uri: &Uri, headers: &HeaderMap) -> Response {
-    match decide_inner(app, snap, method, uri, headers) {
+pub async fn decide(
+    app: &App,
+    snap: &At,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Response {
+    match decide_inner(app, snap, method, uri, headers).await {
         Ok(r) => r,
         Err(refusal) => refusal.into_response(),
     }
 }
 
-fn decide_inner(
+async fn decide_inner(
     app: &App,
     snap: &At,
     method: &Method,
@@ -104,6 +110,7 @@ fn decide_inner(
             matched.resource_uid(),
             "forward_auth",
         )
+        .await
         .map_err(|e| {
             tracing::warn!(
                 route = %matched.route.name(),
@@ -135,7 +142,7 @@ pub async fn forward_auth(
         Ok(snap) => snap,
         Err(e) => return e.into_response(),
     };
-    let mut response = decide(&app, &snap, &method, &uri, &headers);
+    let mut response = decide(&app, &snap, &method, &uri, &headers).await;
     let [(name, value)] = super::revision_header(&snap);
     response.headers_mut().insert(name, value);
     response
