@@ -2,8 +2,8 @@
 //! parses every `POST /v1/is_authorized` body (and the batch route's) as the
 //! same JSON shape orgwarden accepts, then answers a fixed decision. The load
 //! generator's figure for it is the cost of HTTP/1.1 + axum + tokio + the
-//! JSON body on this machine, with no decision at all: the floor the issue's
-//! targets are ratios of.
+//! JSON body on this machine, with no decision at all: the floor that the
+//! HTTP figures of BENCHMARKS.md are ratios of.
 //!
 //! `ORGWARDEN_FLOOR_LISTEN=127.0.0.1:PORT cargo bench --bench axum_floor`
 //! (or run the built bench binary directly); serves until killed.
