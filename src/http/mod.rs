@@ -120,22 +120,15 @@ impl App {
     /// The fact API needs `Authorization: Bearer <facts token>`; with no
     /// token configured it is refused.
     pub fn require_facts_token(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(expected) = &self.facts_digest else {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
+        require_bearer(
+            self.facts_digest.as_ref(),
+            headers,
+            (
                 "facts_api_disabled",
                 "the fact API is disabled: start the server with --facts-token or ORGWARDEN_FACTS_TOKEN",
-            ));
-        };
-        if bearer_matches(headers, expected) {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a valid facts bearer token is required",
-            ))
-        }
+            ),
+            "a valid facts bearer token is required",
+        )
     }
 
     /// What a decision request decides against: the current facts, once
@@ -228,22 +221,37 @@ impl App {
     /// Admin endpoints need `Authorization: Bearer <token>` matching the
     /// configured token; with no token configured they are refused.
     pub fn require_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(expected) = &self.admin_digest else {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
+        require_bearer(
+            self.admin_digest.as_ref(),
+            headers,
+            (
                 "admin_disabled",
                 "admin endpoints are disabled: start the server with --admin-token or ORGWARDEN_ADMIN_TOKEN",
-            ));
-        };
-        if bearer_matches(headers, expected) {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a valid admin bearer token is required",
-            ))
-        }
+            ),
+            "a valid admin bearer token is required",
+        )
+    }
+}
+
+/// A bearer-token check: refused (403 `disabled`) when no token is
+/// configured, 401 when the request's token does not match its digest.
+fn require_bearer(
+    expected: Option<&[u8; 32]>,
+    headers: &HeaderMap,
+    disabled: (&'static str, &'static str),
+    unauthorized: &'static str,
+) -> Result<(), ApiError> {
+    let Some(expected) = expected else {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, disabled.0, disabled.1));
+    };
+    if bearer_matches(headers, expected) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            unauthorized,
+        ))
     }
 }
 
