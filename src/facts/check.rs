@@ -139,7 +139,9 @@ fn facets(e: Option<&ast::Entity>) -> Facets {
     f
 }
 
-fn reindex<K: Clone + std::hash::Hash + Eq>(
+/// Apply to `index` the change of `uid`'s keys from `old` to `new` (the
+/// domain's indexes here and the view's own).
+pub(super) fn reindex<K: Clone + std::hash::Hash + Eq>(
     index: &mut PMap<K, PSet<EntityUID>>,
     uid: &EntityUID,
     old: &HashSet<K>,

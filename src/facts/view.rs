@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 use smol_str::SmolStr;
 
 use super::Model;
-use super::check::{self, DomainIndex, Lookup};
+use super::check::{self, DomainIndex, Lookup, reindex};
 use super::ops::{Batch, Op};
 
 /// One entity at a revision.
@@ -140,30 +140,6 @@ fn refs_of(e: &ast::Entity) -> HashSet<EntityUID> {
         collect_refs(v, &mut out);
     }
     out
-}
-
-/// Apply to `index` the change of `uid`'s keys from `old` to `new`.
-fn reindex<K: Clone + std::hash::Hash + Eq>(
-    index: &mut PMap<K, PSet<EntityUID>>,
-    uid: &EntityUID,
-    old: &HashSet<K>,
-    new: &HashSet<K>,
-) {
-    for k in old.difference(new) {
-        let now_empty = match index.get_mut(k) {
-            Some(set) => {
-                set.remove(uid);
-                set.is_empty()
-            }
-            None => false,
-        };
-        if now_empty {
-            index.remove(k);
-        }
-    }
-    for k in new.difference(old) {
-        index.entry(k.clone()).or_default().insert(uid.clone());
-    }
 }
 
 pub(super) fn to_public(uid: &EntityUID) -> EntityUid {
