@@ -105,6 +105,8 @@ pub enum StoreError {
     Pruned { since: u64, pruned_through: u64 },
     #[error("the fact store has not been reached since start-up: {0}")]
     NotReady(String),
+    #[error("the fact store cannot be reached (retrying in the background): {0}")]
+    Unreachable(String),
     #[error("invalid commit: {0}")]
     Invalid(String),
     #[error("corrupt fact store: {0}")]
@@ -119,7 +121,7 @@ impl StoreError {
     /// refused (schema version, corrupt rows, a conflict).
     pub fn is_unreachable(&self) -> bool {
         match self {
-            StoreError::NotReady(_) => true,
+            StoreError::NotReady(_) | StoreError::Unreachable(_) => true,
             StoreError::Db(e) => match e {
                 sqlx::Error::Io(_)
                 | sqlx::Error::PoolTimedOut

@@ -29,7 +29,9 @@
 //! it. A reader behind the pruned change log re-bootstraps from a snapshot
 //! ([`Apply::rebootstrap`]); so does a process that could not reach the
 //! store at start-up, until it can. What it last saw of the store is kept
-//! in a [`StoreStatus`] for status and metrics. Now and then the task also
+//! in a [`StoreStatus`] for status and metrics. While the store is known
+//! to be unreachable, writes are refused at once (not queued behind
+//! connection timeouts); the next successful poll lets them through again. Now and then the task also
 //! prunes the change log to the configured retention.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -295,6 +297,10 @@ impl<A: Apply> Writer<A> {
     }
 }
 
+/// How long a read of a store known to be away may take before the task
+/// goes back to answering writes.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// What woke the task.
 enum Event<J> {
     Job(J),
@@ -320,6 +326,8 @@ async fn run<A: Apply>(
     let mut last_prune = Instant::now();
     loop {
         let event = tokio::select! {
+            // Writes first: a follow never delays a queued write twice.
+            biased;
             job = rx.recv() => match job {
                 Some(job) => Event::Job(job),
                 None => Event::Closed,
@@ -347,7 +355,17 @@ async fn run<A: Apply>(
                         Err(_) => break,
                     }
                 }
-                if status.bootstrapped() {
+                if status.bootstrapped()
+                    && tick.is_some()
+                    && !status.reachable.load(Ordering::SeqCst)
+                {
+                    // Known away: answer now rather than queue every group
+                    // behind a connection timeout; the poll tick probes it.
+                    let e = Arc::new(StoreError::Unreachable(
+                        lock(&status.last_error).clone().unwrap_or_default(),
+                    ));
+                    refuse_all(&mut jobs, || WriteError::Store(e.clone()));
+                } else if status.bootstrapped() {
                     commit_group(&store, &mut apply, &mut jobs, &status).await;
                 } else {
                     let e = Arc::new(StoreError::NotReady(
@@ -362,7 +380,22 @@ async fn run<A: Apply>(
             }
             Event::Follow => {
                 if status.bootstrapped() {
-                    follow(&store, &mut apply, &status).await;
+                    if status.reachable.load(Ordering::SeqCst) {
+                        follow(&store, &mut apply, &status).await;
+                    } else {
+                        // A probe of a store that is away: bounded, so that
+                        // writes queued meanwhile are refused promptly.
+                        let probe = follow(&store, &mut apply, &status);
+                        if tokio::time::timeout(PROBE_TIMEOUT, probe).await.is_err() {
+                            status.failed(&StoreError::Unreachable(format!(
+                                "no answer within {} ms",
+                                PROBE_TIMEOUT.as_millis()
+                            )));
+                        }
+                    }
+                    if let Some(t) = &mut tick {
+                        t.reset();
+                    }
                     if options.retain_changes > 0
                         && last_prune.elapsed() >= options.prune_every
                         && status.report().reachable
