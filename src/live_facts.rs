@@ -31,9 +31,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::facts::store::{Commit, Delta, Store, StoreError, StoredEntity};
-use crate::facts::writer::{
-    Apply, StatusReport, StoreStatus, WriteError, Writer, WriterOptions,
-};
+use crate::facts::writer::{Apply, StatusReport, StoreStatus, WriteError, Writer, WriterOptions};
 use crate::facts::{Batch, FactView, Model, Rejection, SlicePlan};
 use crate::reload::Live;
 use crate::snapshot::Snapshot;

@@ -169,9 +169,20 @@ fn import(url: &str) {
     );
 }
 
+/// A running `orgwarden serve`, killed when dropped (also when a test
+/// fails).
+struct Sidecar(Child);
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A sidecar on the store at `url` (none: on the shipped entity files, or
 /// on `entities` when given).
-fn serve(url: Option<&str>, entities: Option<&Path>, extra: &[&str]) -> (Child, String) {
+fn serve(url: Option<&str>, entities: Option<&Path>, extra: &[&str]) -> (Sidecar, String) {
     let root = common::root();
     let mut flags: Vec<&str> = vec![
         "--no-watch",
@@ -185,7 +196,12 @@ fn serve(url: Option<&str>, entities: Option<&Path>, extra: &[&str]) -> (Child, 
     }
     flags.extend(extra);
     let entities = entities.map_or_else(|| root.join("entities"), Path::to_path_buf);
-    let mut command = serve_command(&root.join("policies"), &root.join("schema"), &entities, &flags);
+    let mut command = serve_command(
+        &root.join("policies"),
+        &root.join("schema"),
+        &entities,
+        &flags,
+    );
     for var in [
         "ORGWARDEN_FACTS",
         "ORGWARDEN_FACTS_TOKEN",
@@ -195,17 +211,16 @@ fn serve(url: Option<&str>, entities: Option<&Path>, extra: &[&str]) -> (Child, 
         command.env_remove(var);
     }
     let (child, addr) = spawn_serve(command, Duration::from_secs(60));
-    (child, format!("http://{addr}"))
+    (Sidecar(child), format!("http://{addr}"))
 }
 
 /// Three sidecars on `url`.
-fn fleet(url: &str, extra: &[&str]) -> Vec<(Child, String)> {
+fn fleet(url: &str, extra: &[&str]) -> Vec<(Sidecar, String)> {
     (0..3).map(|_| serve(Some(url), None, extra)).collect()
 }
 
-fn stop(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
+fn stop(sidecar: Sidecar) {
+    drop(sidecar);
 }
 
 fn status(base: &str) -> Value {
@@ -272,7 +287,9 @@ impl Rng {
 
 const ROLES: &[&str] = &["viewer", "runner", "developer", "owner", "no-access"];
 const WORKSPACES: &[&str] = &["acme-prod", "acme-staging", "acme-sandbox", "globex-main"];
-const PEOPLE: &[&str] = &["bob", "carol", "dana", "hank", "gina", "ivan", "f0", "f1", "f2", "f3"];
+const PEOPLE: &[&str] = &[
+    "bob", "carol", "dana", "hank", "gina", "ivan", "f0", "f1", "f2", "f3",
+];
 
 fn role(id: &str) -> Value {
     json!({"__entity": {"type": "Prefect::Role", "id": id}})
@@ -285,9 +302,13 @@ fn random_op(rng: &mut Rng) -> Value {
     let who = format!("User::\"{}\"", rng.pick(PEOPLE));
     let ws = *rng.pick(WORKSPACES);
     match rng.below(10) {
-        0..=2 => json!({"op": "set_tag", "uid": who, "key": ws, "value": role(*rng.pick(ROLES))}),
+        0..=2 => {
+            json!({"op": "set_tag", "uid": who, "key": ws, "value": role(rng.pick::<&str>(ROLES))})
+        }
         3..=4 => json!({"op": "remove_tag", "uid": who, "key": ws}),
-        5 => json!({"op": "add_parent", "uid": who, "parent": format!("Organization::\"{}\"", rng.pick(&["acme", "globex"]))}),
+        5 => {
+            json!({"op": "add_parent", "uid": who, "parent": format!("Organization::\"{}\"", rng.pick(&["acme", "globex"]))})
+        }
         6 => json!({"op": "remove_parent", "uid": who, "parent": "Organization::\"acme\""}),
         7 => {
             let id = *rng.pick(&["f0", "f1", "f2", "f3"]);
@@ -297,12 +318,16 @@ fn random_op(rng: &mut Rng) -> Value {
                 "parents": [{"type": "Prefect::Organization", "id": "acme"}],
             }})
         }
-        8 => json!({"op": "delete", "uid": format!("User::\"{}\"", rng.pick(&["f0", "f1", "f2", "f3"]))}),
+        8 => {
+            json!({"op": "delete", "uid": format!("User::\"{}\"", rng.pick(&["f0", "f1", "f2", "f3"]))})
+        }
         // Never valid: a role that is not an entity of the right type, a
         // service account made an org admin.
         _ => match rng.below(2) {
             0 => json!({"op": "set_tag", "uid": who, "key": ws, "value": "developer"}),
-            _ => json!({"op": "add_parent", "uid": "ServiceAccount::\"ci-bot\"", "parent": "OrgAdmins::\"acme-admins\""}),
+            _ => {
+                json!({"op": "add_parent", "uid": "ServiceAccount::\"ci-bot\"", "parent": "OrgAdmins::\"acme-admins\""})
+            }
         },
     }
 }
@@ -318,8 +343,15 @@ fn sample(base: &str) -> Vec<String> {
     let mut requests = Vec::new();
     for p in &principals {
         for w in WORKSPACES {
-            for a in ["see_flows", "run_deployments", "manage_flows", "see_workspace_users"] {
-                requests.push(json!({"principal": p, "action": a, "resource": format!("Workspace::\"{w}\"")}));
+            for a in [
+                "see_flows",
+                "run_deployments",
+                "manage_flows",
+                "see_workspace_users",
+            ] {
+                requests.push(
+                    json!({"principal": p, "action": a, "resource": format!("Workspace::\"{w}\"")}),
+                );
             }
         }
     }
@@ -366,10 +398,11 @@ fn ten_thousand_random_batches_through_three_sidecars_converge_and_decide_like_t
             let (bases, next, acked, refused) =
                 (bases.clone(), next.clone(), acked.clone(), refused.clone());
             std::thread::spawn(move || {
-                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (c as u64 + 1) * 0x1234_5678);
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((c as u64 + 1) * 0x1234_5678));
                 while next.fetch_add(1, Ordering::SeqCst) < BATCHES {
                     let base = rng.pick(&bases);
-                    let ops: Vec<Value> = (0..1 + rng.below(3)).map(|_| random_op(&mut rng)).collect();
+                    let ops: Vec<Value> =
+                        (0..1 + rng.below(3)).map(|_| random_op(&mut rng)).collect();
                     let mut body = json!({ "operations": ops });
                     if rng.below(20) == 0 {
                         // A stale or current expectation: 409 or applied.
@@ -378,9 +411,16 @@ fn ten_thousand_random_batches_through_three_sidecars_converge_and_decide_like_t
                     }
                     let a = write(base, &body);
                     match a.status {
-                        200 => acked.lock().unwrap().push(a.body["revision"].as_u64().unwrap()),
+                        200 => acked
+                            .lock()
+                            .unwrap()
+                            .push(a.body["revision"].as_u64().unwrap()),
                         400 | 409 | 422 => {
-                            *refused.lock().unwrap().entry(a.code().to_string()).or_default() += 1
+                            *refused
+                                .lock()
+                                .unwrap()
+                                .entry(a.code().to_string())
+                                .or_default() += 1
                         }
                         s => panic!("{body} through {base}: {s} {}", a.body),
                     }
@@ -396,14 +436,21 @@ fn ten_thousand_random_batches_through_three_sidecars_converge_and_decide_like_t
     eprintln!("{} acknowledged, refused: {refused:?}", acked.len());
     assert_eq!(acked.len() + refused.values().sum::<usize>(), BATCHES);
     assert!(acked.len() > 1000, "too few valid batches: {}", acked.len());
-    assert!(refused.get("domain").copied().unwrap_or(0) > 100, "{refused:?}");
+    assert!(
+        refused.get("domain").copied().unwrap_or(0) > 100,
+        "{refused:?}"
+    );
     // Each acknowledged revision was given to one batch: the sidecars'
     // writes were serialized, none overwrote another's revision.
     let distinct: HashSet<u64> = acked.iter().copied().collect();
     assert_eq!(distinct.len(), acked.len());
 
     let head = converged(&url, &bases);
-    assert_eq!(head, 1 + acked.len() as u64, "every revision is an acknowledged batch");
+    assert_eq!(
+        head,
+        1 + acked.len() as u64,
+        "every revision is an acknowledged batch"
+    );
 
     // A fresh load of the export decides as every sidecar does.
     let dir = tempfile::tempdir().unwrap();
@@ -415,7 +462,10 @@ fn ten_thousand_random_batches_through_three_sidecars_converge_and_decide_like_t
     for base in &bases {
         assert_eq!(sample(base), expected, "{base} decides unlike the export");
         let metrics = metrics_text(base);
-        assert!(metrics.contains(&format!("orgwarden_facts_revision {head}")), "{metrics}");
+        assert!(
+            metrics.contains(&format!("orgwarden_facts_revision {head}")),
+            "{metrics}"
+        );
         assert!(metrics.contains(&format!("orgwarden_facts_store_revision {head}")));
         assert!(metrics.contains("orgwarden_facts_lag_revisions 0"));
         assert!(metrics.contains("orgwarden_facts_store_reachable 1"));
@@ -431,7 +481,10 @@ fn metrics_text(base: &str) -> String {
     let host = base.strip_prefix("http://").unwrap();
     let mut stream = TcpStream::connect(host).unwrap();
     stream
-        .write_all(format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
         .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
@@ -459,11 +512,20 @@ fn a_write_through_one_sidecar_is_read_through_another_at_its_revision() {
         let w = write(a, &json!({ "operations": [op] }));
         assert_eq!(w.status, 200, "{}", w.body);
         let rev = w.body["revision"].as_u64().unwrap();
-        let d = decide(b, "User::\"carol\"", "run_deployments", "acme-prod", Some(rev));
+        let d = decide(
+            b,
+            "User::\"carol\"",
+            "run_deployments",
+            "acme-prod",
+            Some(rev),
+        );
         assert_eq!(d.status, 200, "round {i}: {}", d.body);
         assert!(d.revision() >= rev);
         let want = if grant { "Allow" } else { "Deny" };
-        assert_eq!(d.body["decision"], want, "round {i}: written through {a} at {rev}, read through {b}");
+        assert_eq!(
+            d.body["decision"], want,
+            "round {i}: written through {a} at {rev}, read through {b}"
+        );
     }
     // A minimum from the future: 503 stale_facts after the wait.
     let future = store_head(&url) + 1000;
@@ -506,8 +568,12 @@ fn postgres_restarted_in_a_write_storm_loses_no_acknowledged_write() {
     let done = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..4)
         .map(|w| {
-            let (bases, acked, unavailable, done) =
-                (bases.clone(), acked.clone(), unavailable.clone(), done.clone());
+            let (bases, acked, unavailable, done) = (
+                bases.clone(),
+                acked.clone(),
+                unavailable.clone(),
+                done.clone(),
+            );
             std::thread::spawn(move || {
                 for i in 0.. {
                     if done.load(Ordering::SeqCst) {
@@ -543,12 +609,20 @@ fn postgres_restarted_in_a_write_storm_loses_no_acknowledged_write() {
     for base in &bases {
         eventually("stale while the store is down", || {
             let r = get(base, "/readyz");
-            r.status == 200 && r.body["stale"] == true && r.body["facts"]["store_reachable"] == false
+            r.status == 200
+                && r.body["stale"] == true
+                && r.body["facts"]["store_reachable"] == false
         });
         let d = decide(base, "User::\"bob\"", "run_deployments", "acme-prod", None);
         assert_eq!(d.status, 200, "{}", d.body);
         assert_eq!(d.body["decision"], "Allow");
-        let stale = decide(base, "User::\"bob\"", "see_flows", "acme-prod", Some(before + 10_000));
+        let stale = decide(
+            base,
+            "User::\"bob\"",
+            "see_flows",
+            "acme-prod",
+            Some(before + 10_000),
+        );
         assert_eq!(stale.status, 503);
         assert_eq!(stale.code(), "stale_facts");
     }
@@ -581,7 +655,13 @@ fn postgres_restarted_in_a_write_storm_loses_no_acknowledged_write() {
     // And every sidecar sees them.
     for base in &bases {
         let (id, rev) = &acked[acked.len() - 1];
-        let d = decide(base, &format!("User::\"{id}\""), "see_flows", "acme-prod", Some(*rev));
+        let d = decide(
+            base,
+            &format!("User::\"{id}\""),
+            "see_flows",
+            "acme-prod",
+            Some(*rev),
+        );
         assert_eq!(d.status, 200);
     }
     for (child, _) in sidecars {
@@ -625,7 +705,9 @@ fn a_sidecar_started_without_its_store_is_not_ready_until_the_store_answers() {
     assert_eq!(w.code(), "facts_store_unavailable");
 
     pg.start_server();
-    eventually("ready once the store answers", || get(&base, "/readyz").status == 200);
+    eventually("ready once the store answers", || {
+        get(&base, "/readyz").status == 200
+    });
     let d = decide(&base, "User::\"bob\"", "run_deployments", "acme-prod", None);
     assert_eq!(d.status, 200);
     assert_eq!(d.body["decision"], "Allow");
@@ -647,8 +729,14 @@ fn a_sidecar_behind_the_pruned_change_log_reloads_a_snapshot() {
     let frozen = status(&b)["revision"].as_u64().unwrap();
     // Freeze the follower; write well past the retention through the
     // writer, until the writer has pruned past the follower.
-    let pid = follower.id().to_string();
-    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let pid = follower.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let mut last = 0;
     for i in 0..30 {
         let w = write(&a, &new_member(&format!("late-{i}")));
@@ -665,12 +753,24 @@ fn a_sidecar_behind_the_pruned_change_log_reloads_a_snapshot() {
         assert!(store.pruned_through().await.unwrap() <= last - 5);
         store.close().await;
     });
-    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     eventually("the follower re-bootstraps", || {
         let s = status(&b);
         s["revision"] == last && s["rebootstraps"] == 1
     });
-    let d = decide(&b, "User::\"late-29\"", "see_flows", "acme-prod", Some(last));
+    let d = decide(
+        &b,
+        "User::\"late-29\"",
+        "see_flows",
+        "acme-prod",
+        Some(last),
+    );
     assert_eq!(d.status, 200);
     let gone = get(&b, "/v1/facts/changes?since=1");
     assert_eq!(gone.status, 410, "{}", gone.body);

@@ -828,13 +828,12 @@ async fn delta_in(
             pruned_through,
         });
     }
-    let rows = sqlx::query(
-        "SELECT upserted, deleted FROM changes WHERE revision > $1 AND revision <= $2",
-    )
-    .bind(sql_rev(since)?)
-    .bind(sql_rev(head)?)
-    .fetch_all(&mut **tx)
-    .await?;
+    let rows =
+        sqlx::query("SELECT upserted, deleted FROM changes WHERE revision > $1 AND revision <= $2")
+            .bind(sql_rev(since)?)
+            .bind(sql_rev(head)?)
+            .fetch_all(&mut **tx)
+            .await?;
     let mut touched: HashSet<String> = HashSet::new();
     for row in &rows {
         for i in 0..2 {

@@ -681,11 +681,15 @@ impl FactView {
             })
             .collect();
         for uid in &applied.changed {
-            let inner: &EntityUID = uid.as_ref();
-            if let Some(node) = next.nodes.get_mut(inner)
+            if let Some(node) = next.nodes.get_mut(uid.as_ref())
                 && node.rev == step
             {
-                node.rev = stored.get(inner).copied().unwrap_or(head);
+                node.rev = head;
+            }
+        }
+        for (uid, rev) in stored {
+            if let Some(node) = next.nodes.get_mut(&uid) {
+                node.rev = rev;
             }
         }
         Ok((next, applied))

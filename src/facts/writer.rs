@@ -448,7 +448,10 @@ async fn bootstrap<A: Apply>(store: &Store, apply: &mut A, status: &StoreStatus)
                 tracing::info!(revision = head, "facts loaded from the store");
             } else {
                 status.rebootstraps.fetch_add(1, Ordering::SeqCst);
-                tracing::info!(revision = head, "facts re-loaded from a snapshot of the store");
+                tracing::info!(
+                    revision = head,
+                    "facts re-loaded from a snapshot of the store"
+                );
             }
             true
         }

@@ -183,4 +183,3 @@ impl Drop for PgCluster {
         );
     }
 }
-
