@@ -19,7 +19,8 @@
 //!   to one sidecar in turn, writing single-operation batches (`set_tag` on
 //!   a user of its own) for `--seconds`: acknowledged writes per second.
 //! - *bootstrap* (`--million`): `orgwarden gen` of a 1M-membership world
-//!   (`ORGWARDEN_BENCH_WORLD` reuses one), `orgwarden facts import` into a
+//!   (`ORGWARDEN_BENCH_WORLD` reuses one; one generated here is removed
+//!   afterwards), `orgwarden facts import` into a
 //!   new database, then a fourth sidecar started on it: the time from spawn
 //!   to `/readyz` answering 200 (its facts loaded), and to its
 //!   "listening" line.
@@ -278,10 +279,13 @@ async fn throughput(bases: &[String], clients: usize, seconds: u64) {
 }
 
 fn bootstrap(pg: &pg::PgCluster, rt: &tokio::runtime::Runtime) {
+    // A world generated here is removed at the end (about 90 MB).
+    let mut generated = None;
     let world = match std::env::var_os("ORGWARDEN_BENCH_WORLD") {
         Some(w) => PathBuf::from(w),
         None => {
             let dir = std::env::temp_dir().join("orgwarden-fleet-bench-w1m");
+            generated = Some(dir.clone());
             if !dir.exists() {
                 let out = orgwarden()
                     .args(["gen", "--out"])
@@ -364,6 +368,9 @@ fn bootstrap(pg: &pg::PgCluster, rt: &tokio::runtime::Runtime) {
     let mut child: Child = child;
     let _ = child.kill();
     let _ = child.wait();
+    if let Some(dir) = generated {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// A blocking GET over std: the status code (0: no answer).

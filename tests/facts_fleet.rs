@@ -777,3 +777,102 @@ fn a_sidecar_behind_the_pruned_change_log_reloads_a_snapshot() {
     stop(writer);
     stop(follower);
 }
+
+#[test]
+fn a_sidecar_whose_schema_refuses_the_stores_changes_keeps_its_last_good_facts_and_says_so() {
+    let _turn = turn();
+    let Some(pg) = PgCluster::start() else {
+        return;
+    };
+    let url = runtime().block_on(pg.database("diverged"));
+    import(&url);
+    let (a_child, a) = serve(Some(&url), None, &[]);
+    // B decides on the store's facts with a schema of its own (and no
+    // entity files: its facts come from the store).
+    let (dir, paths) = common::copy_of_shipped();
+    let empty = dir.path().join("no-entities");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut command = serve_command(
+        &paths.policies,
+        &paths.schema,
+        &empty,
+        &[
+            "--no-watch",
+            "--consistency-wait-ms",
+            "500",
+            "--facts-poll-ms",
+            "200",
+            "--facts",
+            &url,
+            "--facts-token",
+            TOKEN,
+        ],
+    );
+    command
+        .env_remove("ORGWARDEN_FACTS")
+        .env_remove("ORGWARDEN_FACTS_TOKEN");
+    let (b_child, b_addr) = spawn_serve(command, Duration::from_secs(60));
+    let b_child = Sidecar(b_child);
+    let b = format!("http://{b_addr}");
+    let generation = |base: &str| get(base, "/v1/status").body["generation"].as_u64().unwrap();
+    let reload = |text: &str| {
+        let before = generation(&b);
+        std::fs::write(paths.schema.join("prefect.cedarschema"), text).unwrap();
+        let pid = b_child.0.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        eventually("B reloads its schema", || generation(&b) > before);
+    };
+    let original = std::fs::read_to_string(paths.schema.join("prefect.cedarschema")).unwrap();
+    assert!(original.contains("entity User in [Organization, OrgAdmins] = {\n    email: String,"));
+    // B's users now need a phone number, which A's writes do not give.
+    reload(&original.replace(
+        "entity User in [Organization, OrgAdmins] = {\n    email: String,",
+        "entity User in [Organization, OrgAdmins] = {\n    email: String,\n    phone: String,",
+    ));
+    let w = write(&a, &new_member("no-phone"));
+    assert_eq!(w.status, 200, "{}", w.body);
+    let rev = w.body["revision"].as_u64().unwrap();
+    eventually("B reports that it cannot apply the change", || {
+        let s = status(&b);
+        s["diverged"].is_string() && s["stale"] == true && s["store_revision"] == rev
+    });
+    let s = status(&b);
+    assert_eq!(s["revision"], rev - 1, "B keeps its last good facts: {s}");
+    assert_eq!(s["lag_revisions"], 1);
+    assert_eq!(get(&b, "/readyz").body["stale"], true);
+    let d = decide(
+        &b,
+        "User::\"no-phone\"",
+        "see_flows",
+        "acme-prod",
+        Some(rev),
+    );
+    assert_eq!(d.status, 503);
+    assert_eq!(d.code(), "stale_facts");
+    let refused = write(&b, &new_member("via-b"));
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.code(), "facts_diverged");
+    assert!(metrics_text(&b).contains("orgwarden_facts_diverged 1"));
+
+    // Its schema back: it catches up.
+    reload(&original);
+    eventually("B catches up once its schema takes the change", || {
+        let s = status(&b);
+        s["revision"] == rev && s["diverged"].is_null() && s["stale"] == false
+    });
+    let d = decide(
+        &b,
+        "User::\"no-phone\"",
+        "see_flows",
+        "acme-prod",
+        Some(rev),
+    );
+    assert_eq!(d.status, 200, "{}", d.body);
+    stop(a_child);
+}
