@@ -16,8 +16,9 @@
 //!   revision (each waits for its follower to reach it, and answers at
 //!   once when it has).
 //! - *throughput*: `--clients` concurrent clients (keep-alive), each bound
-//!   to one sidecar in turn, writing single-operation batches (`set_tag` on
-//!   a user of its own) for `--seconds`: acknowledged writes per second.
+//!   to one sidecar in turn (of the first `--spread`, default all three),
+//!   writing single-operation batches (`set_tag` on a user of its own) for
+//!   `--seconds`: acknowledged writes per second.
 //! - *bootstrap* (`--million`): `orgwarden gen` of a 1M-membership world
 //!   (`ORGWARDEN_BENCH_WORLD` reuses one; one generated here is removed
 //!   afterwards), `orgwarden facts import` into a
@@ -54,6 +55,8 @@ struct Options {
     clients: usize,
     million: bool,
     fleet: bool,
+    /// The throughput clients write through this many of the sidecars.
+    spread: usize,
 }
 
 fn options() -> Options {
@@ -63,6 +66,7 @@ fn options() -> Options {
         clients: 48,
         million: false,
         fleet: true,
+        spread: 3,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -75,6 +79,7 @@ fn options() -> Options {
             "--writes" => o.writes = num("--writes") as usize,
             "--seconds" => o.seconds = num("--seconds"),
             "--clients" => o.clients = num("--clients") as usize,
+            "--spread" => o.spread = (num("--spread") as usize).clamp(1, 3),
             "--million" => o.million = true,
             "--only-million" => {
                 o.million = true;
@@ -227,7 +232,7 @@ async fn futures_join(client: &reqwest::Client, bases: &[String], rev: u64) {
     tokio::join!(a, b, c);
 }
 
-async fn throughput(bases: &[String], clients: usize, seconds: u64) {
+async fn throughput(bases: &[String], clients: usize, seconds: u64, spread: usize) {
     // A member of acme per client: its writes touch its own entity.
     let setup = reqwest::Client::new();
     for c in 0..clients {
@@ -245,7 +250,7 @@ async fn throughput(bases: &[String], clients: usize, seconds: u64) {
     let tasks: Vec<_> = (0..clients)
         .map(|c| {
             let (stop, done, failed) = (stop.clone(), done.clone(), failed.clone());
-            let base = bases[c % 3].clone();
+            let base = bases[c % spread].clone();
             tokio::spawn(async move {
                 let client = reqwest::Client::new();
                 let mut i = 0usize;
@@ -272,7 +277,7 @@ async fn throughput(bases: &[String], clients: usize, seconds: u64) {
     let secs = started.elapsed().as_secs_f64();
     let n = done.load(Ordering::SeqCst);
     println!(
-        "writes spread over three sidecars, {clients} clients: {n} acknowledged in {secs:.1} s = {:.0} writes/s ({} refused)",
+        "writes spread over {spread} of the three sidecars, {clients} clients: {n} acknowledged in {secs:.1} s = {:.0} writes/s ({} refused)",
         n as f64 / secs,
         failed.load(Ordering::SeqCst)
     );
@@ -415,7 +420,7 @@ fn main() {
         let sidecars: Vec<(Child, String)> = (0..3).map(|_| sidecar(&url)).collect();
         let bases: Vec<String> = sidecars.iter().map(|(_, b)| b.clone()).collect();
         rt.block_on(visibility(&bases, o.writes));
-        rt.block_on(throughput(&bases, o.clients, o.seconds));
+        rt.block_on(throughput(&bases, o.clients, o.seconds, o.spread));
         for (mut child, _) in sidecars {
             let _ = child.kill();
             let _ = child.wait();
