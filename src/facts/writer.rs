@@ -62,10 +62,9 @@ pub trait Apply: Send + 'static {
     fn publish(&mut self, revisions: &[u64]);
 
     /// The group was not committed: make the working state the published
-    /// one again. When the store moved under the caller
-    /// ([`StoreError::Conflict`]: another process wrote), the caller must
-    /// also bring its published state to the store's head (by following
-    /// the change log) before a later group can commit.
+    /// one again. (What other processes wrote meanwhile reaches the
+    /// published state through [`Apply::catch_up`], under the next group's
+    /// write lock or the next follow.)
     fn rollback(&mut self);
 
     /// Another process committed: bring the published state (and the
