@@ -100,6 +100,19 @@ impl Apply for BenchApply {
         self.groups.fetch_add(1, Ordering::Relaxed);
     }
     fn rollback(&mut self) {}
+    // Its state is only the revision.
+    fn catch_up(&mut self, delta: orgwarden::facts::store::Delta) -> Result<(), String> {
+        self.revision = delta.head;
+        Ok(())
+    }
+    fn rebootstrap(
+        &mut self,
+        head: u64,
+        _: Vec<orgwarden::facts::store::StoredEntity>,
+    ) -> Result<(), String> {
+        self.revision = head;
+        Ok(())
+    }
 }
 
 fn bench(c: &mut Criterion) {

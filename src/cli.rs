@@ -316,6 +316,17 @@ pub struct ServeArgs {
     /// to reach that revision before `503 stale_facts`, in milliseconds.
     #[arg(long, env = "ORGWARDEN_CONSISTENCY_WAIT_MS", default_value_t = 1000)]
     pub consistency_wait_ms: u64,
+    /// With --facts: how often to read the store for writes made through
+    /// other sidecars, in milliseconds (on PostgreSQL, `NOTIFY` also wakes
+    /// the sidecar at once; this poll is the fallback). The facts are
+    /// reported stale when not confirmed current for 3 polls (at least 1 s).
+    #[arg(long, env = "ORGWARDEN_FACTS_POLL_MS", default_value_t = crate::live_facts::DEFAULT_POLL_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub facts_poll_ms: u64,
+    /// With --facts: keep this many revisions of the store's change log and
+    /// prune older ones (checked every 10 s; 0 keeps everything). A sidecar
+    /// behind the pruned log re-loads a snapshot of the store.
+    #[arg(long, env = "ORGWARDEN_FACTS_RETAIN_CHANGES", default_value_t = crate::live_facts::DEFAULT_RETAIN_CHANGES)]
+    pub facts_retain_changes: u64,
 }
 
 impl ServeArgs {
@@ -338,6 +349,10 @@ impl ServeArgs {
                 consistency_wait: Duration::from_millis(self.consistency_wait_ms),
             },
             facts: self.facts.clone(),
+            follow: crate::live_facts::FollowOptions {
+                poll: Duration::from_millis(self.facts_poll_ms),
+                retain_changes: self.facts_retain_changes,
+            },
             cache_size: self.cache_size,
             decision_log: self.decision_log.clone(),
             decision_log_denies_only: self.decision_log_denies_only,

@@ -10,6 +10,14 @@
 //! the view ([`crate::facts::slice::decide`]) instead of reading the
 //! snapshot's entities.
 //!
+//! One task owns the view ([`crate::facts::writer`]): it commits this
+//! process's writes and follows the store's change log for the writes of
+//! other sidecars sharing it (PostgreSQL: `NOTIFY` wakes it, a poll tick
+//! backs that up), so a fleet of sidecars on one store converges. A sidecar
+//! that cannot reach the store at start-up serves no decisions (it is not
+//! ready) and keeps trying in the background; one that loses the store
+//! keeps deciding on its last revision and reports itself stale.
+//!
 //! [`At`] is what one HTTP request decides against: a snapshot and, in store
 //! mode, one view (so a batch is decided at one revision, the revision its
 //! answer reports).
@@ -22,8 +30,8 @@ use arc_swap::ArcSwap;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::facts::store::{Commit, Store, StoreError};
-use crate::facts::writer::{Apply, WriteError, Writer, WriterOptions};
+use crate::facts::store::{Commit, Delta, Store, StoreError, StoredEntity};
+use crate::facts::writer::{Apply, StatusReport, StoreStatus, WriteError, Writer, WriterOptions};
 use crate::facts::{Batch, FactView, Model, Rejection, SlicePlan};
 use crate::reload::Live;
 use crate::snapshot::Snapshot;
@@ -160,6 +168,106 @@ impl Apply for Applier {
     fn rollback(&mut self) {
         self.working = self.shared.view.load().as_ref().clone();
     }
+
+    fn catch_up(&mut self, delta: Delta) -> Result<(), String> {
+        let snap = self.shared.live.snapshot();
+        let (model, _) = self.shared.derived(&snap);
+        let current = self.shared.view.load_full();
+        let rows: Vec<(Value, u64)> = delta
+            .rows
+            .into_iter()
+            .map(|e| (e.json, e.revision))
+            .collect();
+        let (next, _) = current
+            .advance(&model, &rows, &delta.deleted, delta.head)
+            .map_err(|r| format!("revisions {}..={}: {r}", delta.from + 1, delta.head))?;
+        self.install(next);
+        Ok(())
+    }
+
+    fn rebootstrap(&mut self, head: u64, entities: Vec<StoredEntity>) -> Result<(), String> {
+        let snap = self.shared.live.snapshot();
+        let (model, _) = self.shared.derived(&snap);
+        let build = move || load_view(&model, entities, head);
+        // A large snapshot takes seconds to check: off the async workers
+        // when the runtime has others (decisions keep the old view).
+        let view = if tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            tokio::task::block_in_place(build)
+        } else {
+            build()
+        };
+        self.install(view.map_err(|e| e.to_string())?);
+        Ok(())
+    }
+}
+
+impl Applier {
+    /// Make `view` the published and working view.
+    fn install(&mut self, view: FactView) {
+        let revision = view.revision();
+        self.working = view.clone();
+        self.shared.view.store(Arc::new(view));
+        self.shared.revision.send_replace(revision);
+    }
+}
+
+/// The view of a store's entities at `head`, checked as a load is.
+fn load_view(model: &Model, stored: Vec<StoredEntity>, head: u64) -> Result<FactView, StartError> {
+    let revs: Vec<(cedar_policy::EntityUid, u64)> = stored
+        .iter()
+        .filter_map(|e| Some((e.uid.parse().ok()?, e.revision)))
+        .collect();
+    let items = stored.into_iter().map(|e| e.json).collect();
+    let view = FactView::from_json(model, items)
+        .map_err(|errors| {
+            let lines: Vec<String> = errors.iter().take(20).map(|r| format!("  {r}")).collect();
+            StartError::Invalid(lines.join("\n"))
+        })?
+        .at_revision(head);
+    Ok(view.with_revisions(revs))
+}
+
+/// How the live facts follow and prune their store.
+#[derive(Debug, Clone, Copy)]
+pub struct FollowOptions {
+    /// Read the store for other sidecars' writes this often.
+    pub poll: Duration,
+    /// Keep this many revisions of change log (0: keep all).
+    pub retain_changes: u64,
+}
+
+impl Default for FollowOptions {
+    fn default() -> Self {
+        FollowOptions {
+            poll: Duration::from_millis(DEFAULT_POLL_MS),
+            retain_changes: DEFAULT_RETAIN_CHANGES,
+        }
+    }
+}
+
+/// The default poll interval (`--facts-poll-ms`).
+pub const DEFAULT_POLL_MS: u64 = 1000;
+
+/// The default change-log retention (`--facts-retain-changes`).
+pub const DEFAULT_RETAIN_CHANGES: u64 = 1_000_000;
+
+/// Where the facts stand against their store: [`LiveFacts::health`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    /// The published revision.
+    pub revision: u64,
+    /// The store's revision as last seen, and the rest of what the task saw.
+    pub store: StatusReport,
+    /// Revisions the published facts are behind the store's as last seen.
+    pub lag_revisions: u64,
+    /// Decisions are made on facts that may be old: not loaded, the store
+    /// unreachable, its changes refused, or not confirmed current within
+    /// the stale threshold.
+    pub stale: bool,
+    /// How long the view may go unconfirmed before it is stale.
+    pub stale_after: Duration,
 }
 
 /// Why the live facts could not start.
@@ -178,26 +286,48 @@ pub struct LiveFacts {
     store: Store,
     shared: Arc<Shared>,
     writer: Writer<Applier>,
+    status: Arc<StoreStatus>,
+    options: FollowOptions,
     url: String,
 }
 
 impl LiveFacts {
-    /// Open the store at `url` (refused when missing, unmigrated or newer
-    /// than this build), load its facts checked against the snapshot's
-    /// schema and the domain's rules, and start the writer. Must run on a
-    /// tokio runtime.
-    pub async fn start(url: &str, live: Arc<Live>) -> Result<LiveFacts, StartError> {
-        let store = Store::connect(url).await?;
+    /// Open the store at `url`, load its facts checked against the
+    /// snapshot's schema and the domain's rules, and start the task that
+    /// writes and follows it. Refused when the store is missing,
+    /// unmigrated or newer than this build, or its facts do not load; a
+    /// store that cannot be reached is not an error: the facts start
+    /// unloaded ([`LiveFacts::ready`] false) and the task keeps trying.
+    /// Must run on a tokio runtime.
+    pub async fn start(
+        url: &str,
+        live: Arc<Live>,
+        options: FollowOptions,
+    ) -> Result<LiveFacts, StartError> {
+        let store = Store::lazy(url).await?;
         let snap = live.snapshot();
         let model = Model::new(&snap.schema).map_err(StartError::Model)?;
-        let (head, stored) = store.snapshot().await?;
-        let items = stored.into_iter().map(|e| e.json).collect();
-        let view = FactView::from_json(&model, items)
-            .map_err(|errors| {
-                let lines: Vec<String> = errors.iter().take(20).map(|r| format!("  {r}")).collect();
-                StartError::Invalid(lines.join("\n"))
-            })?
-            .at_revision(head);
+        let first = async {
+            store.check_schema().await?;
+            store.snapshot().await
+        }
+        .await;
+        let (view, status) = match first {
+            Ok((head, stored)) => (
+                load_view(&model, stored, head)?,
+                StoreStatus::new(true, head),
+            ),
+            Err(e) if e.is_unreachable() => {
+                tracing::warn!(
+                    store = %crate::facts::store::redact(url),
+                    error = %e,
+                    "cannot reach the fact store: not ready until it answers (retrying)"
+                );
+                (FactView::default(), StoreStatus::new(false, 0))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let head = view.revision();
         let (revision, _) = watch::channel(head);
         let shared = Arc::new(Shared {
             live,
@@ -213,13 +343,52 @@ impl LiveFacts {
             shared: shared.clone(),
             working: view,
         };
-        let (writer, _task) = Writer::spawn(store.clone(), applier, WriterOptions::default());
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let listening = store.spawn_listener(wake.clone()).is_some();
+        let status = Arc::new(status);
+        let (writer, _task) = Writer::spawn_with(
+            store.clone(),
+            applier,
+            WriterOptions {
+                poll: Some(options.poll),
+                wake: listening.then_some(wake),
+                retain_changes: options.retain_changes,
+                ..WriterOptions::default()
+            },
+            status.clone(),
+        );
         Ok(LiveFacts {
             store,
             shared,
             writer,
+            status,
+            options,
             url: crate::facts::store::redact(url),
         })
+    }
+
+    /// Whether the facts were loaded from the store (until then decisions
+    /// and writes are refused).
+    pub fn ready(&self) -> bool {
+        self.status.bootstrapped()
+    }
+
+    /// The published revision against what the store last said.
+    pub fn health(&self) -> Health {
+        let store = self.status.report();
+        let revision = self.revision();
+        let stale_after = (self.options.poll * 3).max(Duration::from_secs(1));
+        let stale = !store.bootstrapped
+            || !store.reachable
+            || store.diverged.is_some()
+            || store.since_confirmed.is_none_or(|d| d > stale_after);
+        Health {
+            revision,
+            lag_revisions: store.store_revision.saturating_sub(revision),
+            store,
+            stale,
+            stale_after,
+        }
     }
 
     /// The store, redacted for logs.

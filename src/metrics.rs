@@ -50,6 +50,36 @@ pub struct Metrics {
     reloads: Gauge,
     reload_failures: Gauge,
     stale: Gauge,
+    facts: OnceLock<FactsGauges>,
+}
+
+/// Where store-backed facts stand against their store, as plain numbers.
+#[derive(Debug, Clone, Default)]
+pub struct FactsFigures {
+    pub revision: u64,
+    pub store_revision: u64,
+    pub lag_revisions: u64,
+    /// Since the facts were last confirmed current (none: never).
+    pub lag_seconds: Option<f64>,
+    pub reachable: bool,
+    pub ready: bool,
+    pub stale: bool,
+    pub diverged: bool,
+    pub rebootstraps: u64,
+}
+
+/// The gauges of [`FactsFigures`], registered on first use (store mode).
+struct FactsGauges {
+    registry: Registry,
+    revision: Gauge,
+    store_revision: Gauge,
+    lag_revisions: Gauge,
+    lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    reachable: Gauge,
+    ready: Gauge,
+    stale: Gauge,
+    diverged: Gauge,
+    rebootstraps: Gauge,
 }
 
 impl Default for Metrics {
@@ -159,7 +189,79 @@ impl Metrics {
             reloads,
             reload_failures,
             stale,
+            facts: OnceLock::new(),
         }
+    }
+
+    /// Register the fact gauges (once) and set them to `f`.
+    pub fn set_facts(&self, f: &FactsFigures) {
+        let g = self.facts.get_or_init(|| {
+            let mut gauges = FactsGauges {
+                registry: Registry::default(),
+                revision: Gauge::default(),
+                store_revision: Gauge::default(),
+                lag_revisions: Gauge::default(),
+                lag_seconds: Gauge::default(),
+                reachable: Gauge::default(),
+                ready: Gauge::default(),
+                stale: Gauge::default(),
+                diverged: Gauge::default(),
+                rebootstraps: Gauge::default(),
+            };
+            let mut r = Registry::with_prefix("orgwarden_facts");
+            r.register("revision", "Fact revision decisions are made at", gauges.revision.clone());
+            r.register(
+                "store_revision",
+                "The fact store's revision, as last seen",
+                gauges.store_revision.clone(),
+            );
+            r.register(
+                "lag_revisions",
+                "Revisions the served facts are behind the store, as last seen",
+                gauges.lag_revisions.clone(),
+            );
+            r.register(
+                "lag_seconds",
+                "Seconds since the served facts were last confirmed to be the store's latest (+Inf: never)",
+                gauges.lag_seconds.clone(),
+            );
+            r.register(
+                "store_reachable",
+                "1 when the last read or write of the fact store succeeded",
+                gauges.reachable.clone(),
+            );
+            r.register(
+                "ready",
+                "1 once the facts were loaded from the store",
+                gauges.ready.clone(),
+            );
+            r.register(
+                "stale",
+                "1 when decisions may be made on old facts (store unreachable, changes refused, or not confirmed current lately)",
+                gauges.stale.clone(),
+            );
+            r.register(
+                "diverged",
+                "1 when the store's latest changes do not validate under this sidecar's schema (the last good facts serve)",
+                gauges.diverged.clone(),
+            );
+            r.register(
+                "rebootstraps",
+                "Times the facts were re-loaded from a snapshot (behind the pruned change log)",
+                gauges.rebootstraps.clone(),
+            );
+            gauges.registry = r;
+            gauges
+        });
+        g.revision.set(f.revision as i64);
+        g.store_revision.set(f.store_revision as i64);
+        g.lag_revisions.set(f.lag_revisions as i64);
+        g.lag_seconds.set(f.lag_seconds.unwrap_or(f64::INFINITY));
+        g.reachable.set(i64::from(f.reachable));
+        g.ready.set(i64::from(f.ready));
+        g.stale.set(i64::from(f.stale));
+        g.diverged.set(i64::from(f.diverged));
+        g.rebootstraps.set(f.rebootstraps as i64);
     }
 
     /// Report the queue of this decision log (the first one given).
@@ -182,7 +284,12 @@ impl Metrics {
         self.stale.set(i64::from(live.last_error().is_some()));
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
+        let _ = encode_registry(&mut out, &self.registry);
+        if let Some(g) = self.facts.get() {
+            let _ = encode_registry(&mut out, &g.registry);
+        }
+        let _ = encode_eof(&mut out);
         out
     }
 }

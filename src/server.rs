@@ -48,6 +48,8 @@ pub struct ServerConfig {
     /// The fact store (`sqlite:PATH`, `postgres://...`); none: facts come
     /// from the entity files.
     pub facts: Option<String>,
+    /// How store-backed facts follow the store and prune its change log.
+    pub follow: crate::live_facts::FollowOptions,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -120,12 +122,13 @@ pub fn run(config: ServerConfig) -> ExitCode {
     let code = runtime.block_on(async move {
         let pdp = match &config.facts {
             None => pdp,
-            Some(url) => match LiveFacts::start(url, live.clone()).await {
+            Some(url) => match LiveFacts::start(url, live.clone(), config.follow).await {
                 Ok(facts) => {
                     tracing::info!(
                         store = facts.describe(),
                         revision = facts.revision(),
                         entities = facts.len(),
+                        loaded = facts.ready(),
                         "facts from the store (the entity files are not used for decisions)"
                     );
                     pdp.with_facts(Arc::new(facts))

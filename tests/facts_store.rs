@@ -14,7 +14,7 @@ use std::time::Duration;
 use cedar_policy::EntityUid;
 use orgwarden::Snapshot;
 use orgwarden::engine;
-use orgwarden::facts::store::{Commit, SCHEMA_VERSION, Store, StoreError};
+use orgwarden::facts::store::{Commit, Delta, SCHEMA_VERSION, Store, StoreError, StoredEntity};
 use orgwarden::facts::transfer;
 use orgwarden::facts::writer::{Apply, WriteError, Writer, WriterOptions};
 use orgwarden::load::{self, Paths};
@@ -360,6 +360,9 @@ enum Req {
     Delete {
         uid: String,
     },
+    /// Accepted, but its commit names one uid twice: the store refuses
+    /// the group it is in.
+    Broken,
 }
 
 /// Entities by uid (value: parents). The published map is what readers
@@ -372,6 +375,8 @@ struct MapState {
     staged_view: HashMap<String, Option<Vec<String>>>,
     published_revisions: Vec<u64>,
     rollbacks: usize,
+    /// `(from, head)` of every catch-up with another writer's revisions.
+    caught_up: Vec<(u64, u64)>,
 }
 
 impl MapState {
@@ -434,6 +439,13 @@ impl Apply for MapState {
                 }
                 (uid.clone(), Some(parents.clone()))
             }
+            Req::Broken => {
+                return Ok(commit(
+                    "broken",
+                    vec![entity("User", "twice", &[])],
+                    vec!["Prefect::User::\"twice\"".into()],
+                ));
+            }
             Req::Delete { uid } => {
                 if self.get(uid).is_none() {
                     return Err(format!("{uid} does not exist"));
@@ -475,6 +487,43 @@ impl Apply for MapState {
         self.staged_view.clear();
         self.rollbacks += 1;
     }
+
+    fn catch_up(&mut self, delta: Delta) -> Result<(), String> {
+        for e in &delta.rows {
+            self.published.insert(e.uid.clone(), parents_of(&e.json));
+        }
+        for uid in &delta.deleted {
+            self.published.remove(uid);
+        }
+        self.revision = delta.head;
+        self.caught_up.push((delta.from, delta.head));
+        Ok(())
+    }
+
+    fn rebootstrap(&mut self, head: u64, entities: Vec<StoredEntity>) -> Result<(), String> {
+        self.published = entities
+            .iter()
+            .map(|e| (e.uid.clone(), parents_of(&e.json)))
+            .collect();
+        self.revision = head;
+        Ok(())
+    }
+}
+
+/// The parents of stored entity JSON, in the validator's form.
+fn parents_of(json: &Value) -> Vec<String> {
+    json["parents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}::\"{}\"",
+                p["type"].as_str().unwrap(),
+                p["id"].as_str().unwrap()
+            )
+        })
+        .collect()
 }
 
 fn put(uid: &str, parents: &[&str]) -> Req {
@@ -632,7 +681,8 @@ async fn failed_commit_case(u: String) {
     );
 
     // Another process writes revision 2 behind the writer's back: the
-    // writer's next group conflicts and is rolled back whole.
+    // writer's next group first catches up with it under the write lock,
+    // then validates against it (`b` may name `z` as a parent).
     let other = Store::open(&u).await.unwrap();
     other
         .commit_group(
@@ -641,55 +691,79 @@ async fn failed_commit_case(u: String) {
         )
         .await
         .unwrap();
+    let b = writer
+        .write(put("Prefect::User::\"b\"", &["Prefect::User::\"z\""]))
+        .await
+        .unwrap();
+    assert_eq!(b, 3);
+
+    // A group whose commit fails is rolled back whole: the rejection
+    // before anything was staged stands; the accepted ones carry the
+    // store's error.
     let (x, y, z) = tokio::join!(
         writer.write(put(
             "Prefect::User::\"nope\"",
             &["Prefect::Organization::\"missing\""]
         )),
         writer.write(put(
-            "Prefect::User::\"b\"",
+            "Prefect::User::\"e\"",
             &["Prefect::Organization::\"a\""]
         )),
-        writer.write(put("Prefect::User::\"c\"", &["Prefect::User::\"b\""])),
+        writer.write(Req::Broken),
     );
-    // The rejection before anything was staged stands; the accepted
-    // ones carry the store's error.
     assert!(matches!(x, Err(WriteError::Rejected(_))), "{x:?}");
     for r in [&y, &z] {
         match r {
             Err(WriteError::Store(e)) => {
-                assert!(
-                    matches!(
-                        **e,
-                        StoreError::Conflict {
-                            expected: 1,
-                            actual: 2
-                        }
-                    ),
-                    "{e}"
-                )
+                assert!(matches!(**e, StoreError::Invalid(_)), "{e}")
             }
+            other => panic!("expected a store error, got {other:?}"),
+        }
+    }
+
+    // The store goes away: the next group is acknowledged to nobody and
+    // rolled back whole.
+    other.close().await;
+    store.close().await;
+    let (x, y, z) = tokio::join!(
+        writer.write(put(
+            "Prefect::User::\"nope\"",
+            &["Prefect::Organization::\"missing\""]
+        )),
+        writer.write(put(
+            "Prefect::User::\"c\"",
+            &["Prefect::Organization::\"a\""]
+        )),
+        writer.write(put("Prefect::User::\"d\"", &["Prefect::User::\"c\""])),
+    );
+    for r in [&x, &y, &z] {
+        match r {
+            Err(WriteError::Store(e)) => assert!(e.is_unreachable(), "{e}"),
             other => panic!("expected a store error, got {other:?}"),
         }
     }
     drop(writer);
     let state = task.await.unwrap();
     assert_eq!(state.rollbacks, 1);
-    assert_eq!(state.revision, 1);
+    assert_eq!(state.caught_up, vec![(1, 2)]);
+    assert_eq!(state.revision, 3);
     assert!(state.staged.is_empty());
     assert_eq!(
         state.published.len(),
-        1,
+        3,
         "nothing of the failed group is current"
     );
-    assert_eq!(store.head().await.unwrap(), 2);
-    assert!(
-        store
-            .entity("Prefect::User::\"b\"")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    let store = Store::open(&u).await.unwrap();
+    assert_eq!(store.head().await.unwrap(), 3);
+    for gone in ["c", "e", "twice"] {
+        assert!(
+            store
+                .entity(&format!("Prefect::User::\"{gone}\""))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1097,163 +1171,9 @@ fn kill_9_loses_no_acknowledged_revision() {
 // ---------------------------------------------------------------------------
 // The same semantics on PostgreSQL: a private cluster in a temp directory.
 
-/// A PostgreSQL cluster of our own (`initdb` and `pg_ctl` as the
-/// `postgres` user when run as root), on a free loopback port, stopped
-/// and removed when dropped.
-struct PgCluster {
-    dir: tempfile::TempDir,
-    bin: std::path::PathBuf,
-    port: u16,
-}
-
-/// The server binaries: `ORGWARDEN_PG_BIN`, else the newest of Debian's
-/// `/usr/lib/postgresql/*/bin` (15 or newer).
-fn pg_bin() -> Option<std::path::PathBuf> {
-    if let Some(dir) = std::env::var_os("ORGWARDEN_PG_BIN") {
-        return Some(dir.into());
-    }
-    let mut found: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let version: u32 = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            (version >= 15 && bin.join("initdb").exists()).then_some((version, bin))
-        })
-        .collect();
-    found.sort();
-    found.pop().map(|(_, b)| b)
-}
-
-fn as_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-impl PgCluster {
-    fn run(&self, program: &str, args: &[&str]) -> std::process::Output {
-        let exe = self.bin.join(program);
-        let mut cmd = if as_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(exe);
-            c
-        } else {
-            Command::new(exe)
-        };
-        cmd.args(args).stdin(Stdio::null()).output().unwrap()
-    }
-
-    fn start() -> Option<PgCluster> {
-        let Some(bin) = pg_bin() else {
-            if std::env::var_os("CI").is_some() {
-                panic!(
-                    "PostgreSQL 15+ server binaries are not installed, and CI is set \
-                     (scripts/test installs them; or set ORGWARDEN_PG_BIN)"
-                );
-            }
-            eprintln!(
-                "SKIPPED: PostgreSQL 15+ server binaries are not installed; run scripts/test \
-                 (which installs them) or set ORGWARDEN_PG_BIN. Under CI this test fails instead."
-            );
-            return None;
-        };
-        let dir = tempfile::tempdir().unwrap();
-        if as_root() {
-            let chown = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path())
-                .status()
-                .unwrap();
-            assert!(chown.success());
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let cluster = PgCluster { dir, bin, port };
-        let data = cluster.dir.path().join("data");
-        let init = cluster.run(
-            "initdb",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ],
-        );
-        assert!(
-            init.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&init.stderr)
-        );
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1",
-            cluster.dir.path().display()
-        );
-        let log = cluster.dir.path().join("log");
-        let start = cluster.run(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-o",
-                &options,
-                "-l",
-                log.to_str().unwrap(),
-                "-w",
-                "start",
-            ],
-        );
-        assert!(
-            start.status.success(),
-            "pg_ctl start: {} {}",
-            String::from_utf8_lossy(&start.stderr),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        Some(cluster)
-    }
-
-    /// A new, empty database's URL.
-    async fn database(&self, name: &str) -> String {
-        let admin = format!("postgres://postgres@127.0.0.1:{}/postgres", self.port);
-        sqlx::any::install_default_drivers();
-        let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
-    }
-}
-
-impl Drop for PgCluster {
-    fn drop(&mut self) {
-        let data = self.dir.path().join("data");
-        self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-        );
-    }
-}
-
 #[test]
 fn postgres_has_the_same_semantics() {
-    let Some(pg) = PgCluster::start() else {
+    let Some(pg) = common::pg::PgCluster::start() else {
         return;
     };
     single().block_on(async {

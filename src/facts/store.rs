@@ -21,6 +21,15 @@
 //! - **Retention.** [`Store::prune_changes`] drops old change rows; a reader
 //!   behind the pruned range gets [`StoreError::Pruned`] and must
 //!   re-bootstrap from [`Store::snapshot`].
+//! - **A fleet.** Any number of processes may write: [`Store::write_tx`]
+//!   takes the write lock (PostgreSQL: the meta row `FOR UPDATE`; SQLite: a
+//!   first write), reads the head and, when the writer's copy is behind,
+//!   the [`Delta`] that brings it to the head, so that the writer validates
+//!   its batches against the latest world before it commits them. Readers
+//!   follow with [`Store::delta_since`]. On PostgreSQL every commit also
+//!   sends `NOTIFY orgwarden_facts` (payload: the new revision), a wake-up
+//!   for followers ([`NOTIFY_CHANNEL`]); the log, read by revision, is the
+//!   mechanism.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -57,6 +66,14 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
 
+/// The PostgreSQL channel every commit notifies (payload: the revision).
+pub const NOTIFY_CHANNEL: &str = "orgwarden_facts";
+
+/// How long a PostgreSQL operation waits for a connection before it fails
+/// (the server is down or unreachable): short, so that a write answers
+/// promptly instead of hanging while the store is away.
+const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Rows per multi-row statement (3 parameters each: well under SQLite's and
 /// PostgreSQL's parameter limits).
 const ROWS_PER_STATEMENT: usize = 500;
@@ -86,12 +103,58 @@ pub enum StoreError {
         "the change log no longer holds the changes after revision {since} (pruned through {pruned_through}): re-bootstrap from a snapshot"
     )]
     Pruned { since: u64, pruned_through: u64 },
+    #[error("the fact store has not been reached since start-up: {0}")]
+    NotReady(String),
+    #[error("the fact store cannot be reached (retrying in the background): {0}")]
+    Unreachable(String),
     #[error("invalid commit: {0}")]
     Invalid(String),
     #[error("corrupt fact store: {0}")]
     Corrupt(String),
     #[error("fact store: {0}")]
     Db(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// Whether the error says the store could not be reached (down,
+    /// restarting, network), as opposed to a store that answered and
+    /// refused (schema version, corrupt rows, a conflict).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::NotReady(_) | StoreError::Unreachable(_) => true,
+            StoreError::Db(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_) => true,
+                sqlx::Error::Database(d) => {
+                    // admin_shutdown, crash_shutdown, cannot_connect_now,
+                    // connection exceptions (class 08).
+                    d.code().is_some_and(|c| {
+                        matches!(c.as_ref(), "57P01" | "57P02" | "57P03") || c.starts_with("08")
+                    })
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// What brings a copy of the facts at revision `from` to `head`: the
+/// current rows of every entity the revisions in between wrote, and the
+/// uids they deleted that no longer exist. Read in one consistent
+/// transaction.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Delta {
+    pub from: u64,
+    pub head: u64,
+    /// The entities written after `from`, as they are at `head`.
+    pub rows: Vec<StoredEntity>,
+    /// The uids deleted after `from` and absent at `head`.
+    pub deleted: Vec<String>,
 }
 
 /// Which database a store is on.
@@ -222,7 +285,24 @@ impl Store {
     /// exactly this build's (unmigrated, older or newer).
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
         let store = Self::pool(url, false).await?;
-        let found = store.schema_version().await?;
+        store.check_schema().await?;
+        Ok(store)
+    }
+
+    async fn pool(url: &str, create: bool) -> Result<Store, StoreError> {
+        Self::pool_with(url, create, false).await
+    }
+
+    /// A store whose PostgreSQL connections are made when first needed (a
+    /// server that starts while the database is away); SQLite opens now.
+    /// The schema is not checked: see [`Store::check_schema`].
+    pub async fn lazy(url: &str) -> Result<Store, StoreError> {
+        Self::pool_with(url, false, true).await
+    }
+
+    /// Refused unless the store's schema is exactly this build's.
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        let found = self.schema_version().await?;
         if found > SCHEMA_VERSION {
             return Err(StoreError::NewerSchema {
                 found,
@@ -235,14 +315,17 @@ impl Store {
                 known: SCHEMA_VERSION,
             });
         }
-        Ok(store)
+        Ok(())
     }
 
-    async fn pool(url: &str, create: bool) -> Result<Store, StoreError> {
+    async fn pool_with(url: &str, create: bool, lazy: bool) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = backend_of(url).ok_or_else(|| StoreError::Url(redact(url)))?;
         let mut connect_url = url.to_string();
-        let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+        let options = AnyPoolOptions::new().acquire_timeout(match backend {
+            Backend::Sqlite => Duration::from_secs(30),
+            Backend::Postgres => PG_ACQUIRE_TIMEOUT,
+        });
         let options = match backend {
             Backend::Sqlite => {
                 let (path, query) = match url["sqlite:".len()..].split_once('?') {
@@ -276,7 +359,11 @@ impl Store {
             }
             Backend::Postgres => options.max_connections(8),
         };
-        let pool = options.connect(&connect_url).await?;
+        let pool = if lazy && backend == Backend::Postgres {
+            options.connect_lazy(&connect_url)?
+        } else {
+            options.connect(&connect_url).await?
+        };
         if backend == Backend::Sqlite {
             // Kept in the file: a no-op once set.
             let mode: String = sqlx::query("PRAGMA journal_mode = WAL")
@@ -294,6 +381,43 @@ impl Store {
             backend,
             url: url.to_string(),
         })
+    }
+
+    /// On PostgreSQL, a task that `LISTEN`s on [`NOTIFY_CHANNEL`] and
+    /// signals `wake` on every notification, and once after each
+    /// (re)connection (notifications sent while it was away are lost: the
+    /// woken reader catches up by revision). Reconnects until the runtime
+    /// stops. None on SQLite (no notifications).
+    pub fn spawn_listener(
+        &self,
+        wake: std::sync::Arc<tokio::sync::Notify>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        if self.backend != Backend::Postgres {
+            return None;
+        }
+        let url = self.url.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                match sqlx::postgres::PgListener::connect(&url).await {
+                    Ok(mut listener) => {
+                        if listener.listen(NOTIFY_CHANNEL).await.is_ok() {
+                            wake.notify_one();
+                            loop {
+                                match listener.try_recv().await {
+                                    Ok(Some(_)) => wake.notify_one(),
+                                    // The connection was lost; the next
+                                    // call reconnects.
+                                    Ok(None) => wake.notify_one(),
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "fact store listener: cannot connect"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }))
     }
 
     /// Which database this store is on.
@@ -484,38 +608,62 @@ impl Store {
         if commits.is_empty() {
             return Ok(Vec::new());
         }
-        for (i, c) in commits.iter().enumerate() {
-            check_commit(c).map_err(|e| StoreError::Invalid(format!("commit {i}: {e}")))?;
-        }
-        let top = base
-            .checked_add(commits.len() as u64)
-            .ok_or_else(|| StoreError::Invalid("revision overflow".into()))?;
-        // Serialized before the transaction, so that the write lock is held
-        // only for the statements.
-        let rows = GroupRows::new(base, commits, &now_rfc3339())?;
-        let revisions: Vec<u64> = (base + 1..=top).collect();
-        let mut tx = self.pool.begin().await?;
-        // The write lock on the meta row (SQLite: on the database) comes
-        // first: writers queue here, and the loser of a race sees the
-        // winner's revision.
-        let moved =
-            sqlx::query("UPDATE facts_meta SET revision = $1 WHERE id = 1 AND revision = $2")
-                .bind(sql_rev(top)?)
-                .bind(sql_rev(base)?)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        if moved != 1 {
-            let (actual, _) = Self::meta_in(&mut tx).await?;
+        let tx = self.write_tx().await?;
+        if tx.head() != base {
+            let actual = tx.head();
             tx.rollback().await?;
             return Err(StoreError::Conflict {
                 expected: base,
                 actual,
             });
         }
-        write_rows(&mut tx, &rows).await?;
+        tx.commit(commits).await
+    }
+
+    /// Begin a write: take the store's write lock (writers queue here) and
+    /// read the head. Dropping the transaction rolls it back.
+    pub async fn write_tx(&self) -> Result<WriteTx, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let (head, pruned_through) = match self.backend {
+            Backend::Postgres => {
+                let row = sqlx::query(
+                    "SELECT revision, pruned_through FROM facts_meta WHERE id = 1 FOR UPDATE",
+                )
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("the meta row is missing".into()))?;
+                (
+                    rev(row.try_get::<i64, _>(0)?)?,
+                    rev(row.try_get::<i64, _>(1)?)?,
+                )
+            }
+            Backend::Sqlite => {
+                // A write first: the transaction holds the database's write
+                // lock before it reads.
+                sqlx::query("UPDATE facts_meta SET revision = revision WHERE id = 1")
+                    .execute(&mut *tx)
+                    .await?;
+                Self::meta_in(&mut tx).await?
+            }
+        };
+        Ok(WriteTx {
+            tx,
+            backend: self.backend,
+            head,
+            pruned_through,
+        })
+    }
+
+    /// What brings a copy at revision `since` to the store's head, read in
+    /// one consistent (PostgreSQL: REPEATABLE READ) transaction.
+    /// [`StoreError::Pruned`] when the change log no longer reaches back to
+    /// `since`.
+    pub async fn delta_since(&self, since: u64) -> Result<Delta, StoreError> {
+        let mut tx = self.read_tx().await?;
+        let (head, pruned_through) = Self::meta_in(&mut tx).await?;
+        let delta = delta_in(&mut tx, since, head, pruned_through).await?;
         tx.commit().await?;
-        Ok(revisions)
+        Ok(delta)
     }
 
     /// The change log after revision `since`, oldest first, at most
@@ -588,6 +736,137 @@ impl Store {
         tx.commit().await?;
         Ok(gone)
     }
+}
+
+/// A write in progress: the store's write lock is held, and nothing else
+/// can commit until this commits or is dropped (rolled back).
+pub struct WriteTx {
+    tx: Transaction<'static, Any>,
+    backend: Backend,
+    head: u64,
+    pruned_through: u64,
+}
+
+impl WriteTx {
+    /// The store's revision, as of taking the lock: the base of this write.
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// What brings a copy at revision `since` to [`WriteTx::head`].
+    pub async fn delta_since(&mut self, since: u64) -> Result<Delta, StoreError> {
+        delta_in(&mut self.tx, since, self.head, self.pruned_through).await
+    }
+
+    /// Commit `commits` as revisions `head + 1`, `head + 2`, ... (on
+    /// PostgreSQL notifying [`NOTIFY_CHANNEL`] with the last one). Returns
+    /// the revisions; on error nothing was written.
+    pub async fn commit(mut self, commits: &[Commit]) -> Result<Vec<u64>, StoreError> {
+        if commits.is_empty() {
+            self.tx.rollback().await?;
+            return Ok(Vec::new());
+        }
+        for (i, c) in commits.iter().enumerate() {
+            check_commit(c).map_err(|e| StoreError::Invalid(format!("commit {i}: {e}")))?;
+        }
+        let base = self.head;
+        let top = base
+            .checked_add(commits.len() as u64)
+            .ok_or_else(|| StoreError::Invalid("revision overflow".into()))?;
+        let rows = GroupRows::new(base, commits, &now_rfc3339())?;
+        let moved =
+            sqlx::query("UPDATE facts_meta SET revision = $1 WHERE id = 1 AND revision = $2")
+                .bind(sql_rev(top)?)
+                .bind(sql_rev(base)?)
+                .execute(&mut *self.tx)
+                .await?
+                .rows_affected();
+        if moved != 1 {
+            let (actual, _) = Store::meta_in(&mut self.tx).await?;
+            self.tx.rollback().await?;
+            return Err(StoreError::Conflict {
+                expected: base,
+                actual,
+            });
+        }
+        write_rows(&mut self.tx, &rows).await?;
+        if self.backend == Backend::Postgres {
+            // The payload is a number this process formats: nothing to quote.
+            sqlx::query(&format!("NOTIFY {NOTIFY_CHANNEL}, '{top}'"))
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        self.tx.commit().await?;
+        Ok((base + 1..=top).collect())
+    }
+
+    /// Give up the write (also what dropping it does).
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+}
+
+/// The delta from `since` to `head` within `tx`.
+async fn delta_in(
+    tx: &mut Transaction<'static, Any>,
+    since: u64,
+    head: u64,
+    pruned_through: u64,
+) -> Result<Delta, StoreError> {
+    let mut delta = Delta {
+        from: since,
+        head,
+        ..Delta::default()
+    };
+    if since >= head {
+        return Ok(delta);
+    }
+    if since < pruned_through {
+        return Err(StoreError::Pruned {
+            since,
+            pruned_through,
+        });
+    }
+    let rows =
+        sqlx::query("SELECT upserted, deleted FROM changes WHERE revision > $1 AND revision <= $2")
+            .bind(sql_rev(since)?)
+            .bind(sql_rev(head)?)
+            .fetch_all(&mut **tx)
+            .await?;
+    let mut touched: HashSet<String> = HashSet::new();
+    for row in &rows {
+        for i in 0..2 {
+            let text: String = row.try_get(i)?;
+            let uids: Vec<String> = serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt(format!("change row: {e}")))?;
+            touched.extend(uids);
+        }
+    }
+    let mut touched: Vec<String> = touched.into_iter().collect();
+    touched.sort();
+    for chunk in touched.chunks(ROWS_PER_STATEMENT) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT uid, json, revision FROM entities WHERE uid IN ({})",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for uid in chunk {
+            q = q.bind(uid.as_str());
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            delta.rows.push(stored_entity(&row)?);
+        }
+    }
+    let present: HashSet<&str> = delta.rows.iter().map(|e| e.uid.as_str()).collect();
+    delta.deleted = touched
+        .iter()
+        .filter(|u| !present.contains(u.as_str()))
+        .cloned()
+        .collect();
+    delta.rows.sort_by(|a, b| a.uid.cmp(&b.uid));
+    Ok(delta)
 }
 
 fn stored_entity(row: &AnyRow) -> Result<StoredEntity, StoreError> {

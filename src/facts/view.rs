@@ -274,6 +274,18 @@ impl FactView {
         self
     }
 
+    /// The same facts, each entity in `revs` said to be last changed at its
+    /// revision there (a store's rows; at most the view's revision).
+    pub fn with_revisions(mut self, revs: impl IntoIterator<Item = (EntityUid, u64)>) -> Self {
+        let top = self.revision;
+        for (uid, rev) in revs {
+            if let Some(node) = self.nodes.get_mut(uid.as_ref()) {
+                node.rev = rev.min(top);
+            }
+        }
+        self
+    }
+
     /// Number of (non-action) entities.
     pub fn len(&self) -> usize {
         self.nodes.len()
@@ -593,6 +605,93 @@ impl FactView {
         applied
             .changed
             .extend(closure_changed.iter().map(to_public));
+        Ok((next, applied))
+    }
+}
+
+impl FactView {
+    /// The view at `head`, from this one and the rows another writer
+    /// committed since: `rows` are the entities written after this view's
+    /// revision as they are at `head` (Cedar JSON, each with the revision
+    /// that wrote it), `deleted` the uids removed. The result is validated
+    /// as any batch is (schema, cycles, the domain's checks), so a sidecar
+    /// whose schema no longer accepts the stored facts refuses them (and
+    /// keeps this view) instead of diverging silently. Each written entity
+    /// keeps its stored revision; entities whose closed ancestors changed
+    /// take `head`.
+    pub fn advance(
+        &self,
+        model: &Model,
+        rows: &[(Value, u64)],
+        deleted: &[String],
+        head: u64,
+    ) -> Result<(FactView, Applied), Rejection> {
+        if head < self.revision {
+            return Err(Rejection::new(
+                "invalid_batch",
+                "revision",
+                format!(
+                    "the store is at revision {head}, behind this view's {}",
+                    self.revision
+                ),
+            ));
+        }
+        let mut operations: Vec<Op> = rows
+            .iter()
+            .map(|(entity, _)| Op::Upsert {
+                entity: entity.clone(),
+            })
+            .collect();
+        for uid in deleted {
+            let known = uid
+                .parse::<EntityUid>()
+                .is_ok_and(|u| self.nodes.contains_key(u.as_ref()));
+            if known {
+                operations.push(Op::Delete {
+                    uid: crate::names::EntityRef::Text(uid.clone()),
+                });
+            }
+        }
+        if operations.is_empty() {
+            let mut next = self.clone();
+            next.revision = head;
+            return Ok((
+                next,
+                Applied {
+                    revision: head,
+                    ..Applied::default()
+                },
+            ));
+        }
+        let batch = Batch {
+            operations,
+            if_revision: None,
+        };
+        let (mut next, mut applied) = self.apply(model, &batch)?;
+        let step = applied.revision;
+        next.revision = head;
+        applied.revision = head;
+        let stored: HashMap<EntityUID, u64> = rows
+            .iter()
+            .filter_map(|(json, rev)| {
+                let uid = json.get("uid")?;
+                let uid = uid.get("__entity").unwrap_or(uid);
+                let uid = EntityUid::from_json(uid.clone()).ok()?;
+                Some((uid.as_ref().clone(), (*rev).min(head)))
+            })
+            .collect();
+        for uid in &applied.changed {
+            if let Some(node) = next.nodes.get_mut(uid.as_ref())
+                && node.rev == step
+            {
+                node.rev = head;
+            }
+        }
+        for (uid, rev) in stored {
+            if let Some(node) = next.nodes.get_mut(&uid) {
+                node.rev = rev;
+            }
+        }
         Ok((next, applied))
     }
 }

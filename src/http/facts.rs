@@ -37,23 +37,41 @@ const ACTOR: &str = "facts-api";
 const MAX_CHANGES: usize = 1000;
 const MAX_WAIT_MS: u64 = 30_000;
 
-/// The live facts, or the error of a file-backed sidecar.
+/// The live facts, or the error of a file-backed sidecar (or of one whose
+/// facts are not loaded yet).
 fn live(app: &App) -> Result<&Arc<LiveFacts>, ApiError> {
-    app.pdp.facts.as_ref().ok_or_else(|| {
+    let facts = app.pdp.facts.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::CONFLICT,
             "facts_read_only",
             "this sidecar reads its facts from entity files: start with --facts sqlite:PATH \
              (orgwarden facts import entities/ --into sqlite:PATH) to change facts through the API",
         )
-    })
+    })?;
+    if !facts.ready() {
+        return Err(not_loaded());
+    }
+    Ok(facts)
 }
+
+/// The error of a sidecar that has not loaded its facts from the store yet.
+pub fn not_loaded() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        STORE_UNAVAILABLE,
+        "the facts have not been loaded from the fact store yet (it could not be reached \
+         since start-up); retrying in the background",
+    )
+}
+
+/// The error code of a store that failed or cannot be reached.
+pub const STORE_UNAVAILABLE: &str = "facts_store_unavailable";
 
 fn store_error(e: &StoreError) -> ApiError {
     tracing::error!(error = %e, "fact store");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        "facts_unavailable",
+        STORE_UNAVAILABLE,
         format!("the fact store failed; nothing was written: {e}"),
     )
 }
@@ -133,9 +151,17 @@ async fn submit(
             ))
         }
         Err(WriteError::Store(e)) => Err(store_error(&e)),
+        Err(WriteError::Diverged(why)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "facts_diverged",
+            format!(
+                "this sidecar cannot apply the fact store's latest changes under its schema; \
+                 nothing was written: {why}"
+            ),
+        )),
         Err(WriteError::Closed) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "facts_unavailable",
+            STORE_UNAVAILABLE,
             "the fact writer has stopped; nothing was written",
         )),
     }

@@ -135,6 +135,11 @@ impl App {
     /// they reach the request's `Orgwarden-Min-Revision` (waiting up to the
     /// configured consistency wait, then `503 stale_facts`).
     pub async fn at(&self, headers: &HeaderMap) -> Result<At, ApiError> {
+        if let Some(facts) = &self.pdp.facts
+            && !facts.ready()
+        {
+            return Err(facts::not_loaded());
+        }
         let Some(value) = headers.get(&MIN_REVISION_HEADER) else {
             return Ok(self.pdp.at());
         };

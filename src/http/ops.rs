@@ -18,19 +18,69 @@ pub async fn healthz() -> Json<Value> {
 
 /// `GET /readyz`: 200 while a valid snapshot serves. When the last reload
 /// failed it still serves (the last good snapshot), and says it is stale.
-pub async fn readyz(State(app): State<Arc<App>>) -> Json<Value> {
+/// With a fact store: 503 until the facts are loaded from it; afterwards
+/// 200, stale while the facts may be old (the store unreachable, its
+/// changes refused, or the view not confirmed current lately).
+pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     let snap = app.pdp.live.snapshot();
     let last_error = app.pdp.live.last_error();
-    Json(json!({
+    let mut stale = last_error.is_some();
+    let mut body = json!({
         "status": "ready",
         "generation": snap.generation,
-        "stale": last_error.is_some(),
         "last_error": last_error.map(|e| e.summary),
-    }))
+    });
+    let mut status = StatusCode::OK;
+    if let Some(facts) = &app.pdp.facts {
+        let health = facts.health();
+        stale |= health.stale;
+        if !health.store.bootstrapped {
+            status = StatusCode::SERVICE_UNAVAILABLE;
+            body["status"] = json!("not_ready");
+        }
+        body["facts"] = facts_json(facts);
+    }
+    body["stale"] = json!(stale);
+    (status, Json(body)).into_response()
+}
+
+/// The facts' revision and where they stand against their store.
+fn facts_json(facts: &crate::live_facts::LiveFacts) -> Value {
+    let h = facts.health();
+    json!({
+        "source": "store",
+        "store": facts.describe(),
+        "ready": h.store.bootstrapped,
+        "revision": h.revision,
+        "entities": facts.len(),
+        "store_revision": h.store.store_revision,
+        "lag_revisions": h.lag_revisions,
+        "lag_seconds": h.store.since_confirmed.map(|d| d.as_secs_f64()),
+        "store_reachable": h.store.reachable,
+        "stale": h.stale,
+        "stale_after_ms": h.stale_after.as_millis() as u64,
+        "rebootstraps": h.store.rebootstraps,
+        "last_store_error": h.store.last_error,
+        "diverged": h.store.diverged,
+    })
 }
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    if let Some(facts) = &app.pdp.facts {
+        let h = facts.health();
+        app.pdp.metrics.set_facts(&crate::metrics::FactsFigures {
+            revision: h.revision,
+            store_revision: h.store.store_revision,
+            lag_revisions: h.lag_revisions,
+            lag_seconds: h.store.since_confirmed.map(|d| d.as_secs_f64()),
+            reachable: h.store.reachable,
+            ready: h.store.bootstrapped,
+            stale: h.stale,
+            diverged: h.store.diverged.is_some(),
+            rebootstraps: h.store.rebootstraps,
+        });
+    }
     let body = app.pdp.metrics.render(&app.pdp.live);
     (
         [(
@@ -71,7 +121,7 @@ pub async fn status(State(app): State<Arc<App>>) -> Json<Value> {
         "watch": live.watching().map(|w| json!({ "debounce_ms": w.debounce.as_millis() as u64 })),
         // Where decisions read facts, and the revision they are at.
         "facts": match &app.pdp.facts {
-            Some(f) => json!({ "source": "store", "store": f.describe(), "revision": f.revision(), "entities": f.len() }),
+            Some(f) => facts_json(f),
             None => json!({ "source": "files", "revision": snap.generation }),
         },
     }))
