@@ -13,20 +13,35 @@
 //! [`At`] is what one HTTP request decides against: a snapshot and, in store
 //! mode, one view (so a batch is decided at one revision, the revision its
 //! answer reports).
+//!
+//! A reloaded schema must hold for the stored facts: [`LiveFacts`] installs
+//! an [`Admit`] check on the live snapshot that re-validates the published
+//! view against a candidate whose schema changed, exactly as a load of the
+//! same facts would, and refuses the reload when they no longer conform.
+//! Writes and the check meet at the write gate: the writer validates and
+//! stages each batch under the gate's lock, with the model of the served
+//! schema; the check closes the gate, waits until no staged group is
+//! waiting for its commit, validates the published view (every
+//! acknowledged write, nothing else can be pending), installs the new
+//! model and keeps the gate closed until the snapshot is swapped. So no
+//! write validated against the old schema can land after the check, and
+//! none is validated against a schema that is not served. Writes wait
+//! (they are not refused) while a schema check runs.
 
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::diag::{Diagnostic, Diagnostics};
 use crate::facts::store::{Commit, Store, StoreError};
 use crate::facts::writer::{Apply, WriteError, Writer, WriterOptions};
 use crate::facts::{Batch, FactView, Model, Rejection, SlicePlan};
-use crate::reload::Live;
-use crate::snapshot::Snapshot;
+use crate::reload::{Admit, Hold, Live};
+use crate::snapshot::{FileKind, Snapshot};
 
 /// The facts of one request in store mode: the view and what deciding on
 /// it needs of the policies and schema of the request's snapshot.
@@ -74,15 +89,40 @@ struct Derived {
     plan: Arc<SlicePlan>,
 }
 
+/// Where writes and a schema check meet (see the module doc).
+struct Gate {
+    /// The model writes are validated against: the served schema's.
+    model: Arc<Model>,
+    /// A schema check is running: writes wait.
+    closed: bool,
+    /// The writer staged a group that is neither published nor rolled back.
+    staged: bool,
+    /// Raised when a schema check replaces the published view (with the
+    /// same facts, checked anew): the writer starts again from it.
+    epoch: u64,
+}
+
 /// What the server and the writer task share.
 struct Shared {
     live: Arc<Live>,
     view: ArcSwap<FactView>,
     revision: watch::Sender<u64>,
     derived: ArcSwap<Derived>,
+    gate: Mutex<Gate>,
+    gate_turn: Condvar,
 }
 
 impl Shared {
+    fn gate(&self) -> MutexGuard<'_, Gate> {
+        self.gate.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Mark the staged group done (published or rolled back).
+    fn unstage(&self) {
+        self.gate().staged = false;
+        self.gate_turn.notify_all();
+    }
+
     /// The model and plan of `snap`, rebuilt when its generation is new
     /// (policies or schema reloaded); the last good ones when the schema
     /// cannot give a model.
@@ -122,6 +162,8 @@ pub struct WriteRequest {
 struct Applier {
     shared: Arc<Shared>,
     working: FactView,
+    /// The gate's epoch `working` derives from.
+    epoch: u64,
 }
 
 impl Apply for Applier {
@@ -133,9 +175,23 @@ impl Apply for Applier {
     }
 
     fn apply(&mut self, request: &WriteRequest, revision: u64) -> Result<Commit, Rejection> {
-        let snap = self.shared.live.snapshot();
-        let (model, _) = self.shared.derived(&snap);
-        let (next, applied) = self.working.apply(&model, &request.batch)?;
+        let shared = self.shared.clone();
+        // Validated and staged under the gate: a schema check either sees
+        // this batch staged (and waits for its commit) or runs entirely
+        // before it (and this batch meets the model it installed).
+        let gate = shared
+            .gate_turn
+            .wait_while(shared.gate(), |g| g.closed)
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut gate = gate;
+        if gate.epoch != self.epoch {
+            // Nothing was staged when the check replaced the view.
+            self.working = shared.view.load().as_ref().clone();
+            self.epoch = gate.epoch;
+        }
+        let (next, applied) = self.working.apply(&gate.model, &request.batch)?;
+        gate.staged = true;
+        drop(gate);
         debug_assert_eq!(applied.revision, revision);
         self.working = next;
         Ok(Commit {
@@ -155,11 +211,135 @@ impl Apply for Applier {
         debug_assert_eq!(self.working.revision(), top);
         self.shared.view.store(Arc::new(self.working.clone()));
         self.shared.revision.send_replace(top);
+        self.shared.unstage();
     }
 
     fn rollback(&mut self) {
         self.working = self.shared.view.load().as_ref().clone();
+        self.shared.unstage();
     }
+}
+
+/// The schema check a store-backed server installs on the live snapshot.
+struct SchemaCheck {
+    shared: Arc<Shared>,
+    store: String,
+}
+
+/// Reopens the write gate when dropped (after the snapshot swap).
+struct Reopen<'a>(&'a Shared);
+
+impl Drop for Reopen<'_> {
+    fn drop(&mut self) {
+        self.0.gate().closed = false;
+        self.0.gate_turn.notify_all();
+    }
+}
+
+/// The schema files of a snapshot, by path and digest.
+fn schema_files(snap: &Snapshot) -> Vec<(&std::path::Path, &str)> {
+    snap.files
+        .iter()
+        .filter(|f| f.kind == FileKind::Schema)
+        .map(|f| (f.path.as_path(), f.sha256.as_str()))
+        .collect()
+}
+
+impl Admit for SchemaCheck {
+    fn admit<'a>(
+        &'a self,
+        current: &Snapshot,
+        candidate: &Snapshot,
+    ) -> Result<Box<dyn Hold + 'a>, Diagnostics> {
+        if schema_files(current) == schema_files(candidate) {
+            return Ok(Box::new(()));
+        }
+        let shared = &*self.shared;
+        let model = Model::new(&candidate.schema).map_err(|e| {
+            one_error(format!(
+                "the reloaded schema gives no fact model for the store {}: {e}",
+                self.store
+            ))
+        })?;
+        let mut gate = shared.gate();
+        gate.closed = true;
+        let reopen = Reopen(shared);
+        let gate = shared
+            .gate_turn
+            .wait_while(gate, |g| g.staged)
+            .unwrap_or_else(PoisonError::into_inner);
+        drop(gate);
+        // The gate is closed and nothing is staged: the published view holds
+        // every acknowledged write, and no other can come until it reopens.
+        let view = shared.view.load_full();
+        let started = std::time::Instant::now();
+        let checked = view
+            .revalidated(&model)
+            .map_err(|errors| self.refused(&view, errors))?;
+        tracing::info!(
+            revision = checked.revision(),
+            entities = checked.len(),
+            millis = started.elapsed().as_millis() as u64,
+            "the stored facts conform to the reloaded schema"
+        );
+        let model = Arc::new(model);
+        let mut gate = shared.gate();
+        shared.view.store(Arc::new(checked));
+        gate.model = model.clone();
+        gate.epoch += 1;
+        shared.derived.store(Arc::new(Derived {
+            generation: candidate.generation,
+            model,
+            plan: Arc::new(SlicePlan::new(&candidate.policies)),
+        }));
+        drop(gate);
+        Ok(Box::new(reopen))
+    }
+}
+
+impl SchemaCheck {
+    /// The diagnostics of facts that do not conform: each names the entity
+    /// (and the rule, for a domain check).
+    fn refused(&self, view: &FactView, errors: Vec<Rejection>) -> Diagnostics {
+        // `items[i]` is the i-th entity of `to_json`, which sorts by uid.
+        let mut uids: Vec<String> = view.uids().map(|u| u.to_string()).collect();
+        uids.sort();
+        let total = errors.len();
+        let mut diags = Diagnostics::default();
+        for r in errors.iter().take(20) {
+            let entity = r
+                .field
+                .strip_prefix("items[")
+                .and_then(|i| i.strip_suffix(']'))
+                .and_then(|i| i.parse::<usize>().ok())
+                .and_then(|i| uids.get(i).cloned())
+                .unwrap_or_else(|| r.field.clone());
+            diags.push(Diagnostic::plain(
+                None,
+                None,
+                format!(
+                    "the stored facts ({}, revision {}) do not conform to the reloaded schema: {entity}: {}",
+                    self.store,
+                    view.revision(),
+                    r.message
+                ),
+            ));
+        }
+        if total > 20 {
+            diags.push(Diagnostic::plain(
+                None,
+                None,
+                format!("... and {} more errors in the stored facts", total - 20),
+            ));
+        }
+        diags
+    }
+}
+
+fn one_error(message: String) -> Diagnostics {
+    let mut diags = Diagnostics::default();
+    diags.push(Diagnostic::plain(None, None, message));
+    diags
 }
 
 /// Why the live facts could not start.
@@ -179,6 +359,8 @@ pub struct LiveFacts {
     shared: Arc<Shared>,
     writer: Writer<Applier>,
     url: String,
+    /// Installed on the live snapshot (weakly): lives as long as this.
+    _schema_check: Arc<SchemaCheck>,
 }
 
 impl LiveFacts {
@@ -189,7 +371,7 @@ impl LiveFacts {
     pub async fn start(url: &str, live: Arc<Live>) -> Result<LiveFacts, StartError> {
         let store = Store::connect(url).await?;
         let snap = live.snapshot();
-        let model = Model::new(&snap.schema).map_err(StartError::Model)?;
+        let model = Arc::new(Model::new(&snap.schema).map_err(StartError::Model)?);
         let (head, stored) = store.snapshot().await?;
         let items = stored.into_iter().map(|e| e.json).collect();
         let view = FactView::from_json(&model, items)
@@ -205,20 +387,36 @@ impl LiveFacts {
             revision,
             derived: ArcSwap::from_pointee(Derived {
                 generation: snap.generation,
-                model: Arc::new(model),
+                model: model.clone(),
                 plan: Arc::new(SlicePlan::new(&snap.policies)),
             }),
+            gate: Mutex::new(Gate {
+                model,
+                closed: false,
+                staged: false,
+                epoch: 0,
+            }),
+            gate_turn: Condvar::new(),
         });
         let applier = Applier {
             shared: shared.clone(),
             working: view,
+            epoch: 0,
         };
         let (writer, _task) = Writer::spawn(store.clone(), applier, WriterOptions::default());
+        let url = crate::facts::store::redact(url);
+        let schema_check = Arc::new(SchemaCheck {
+            shared: shared.clone(),
+            store: url.clone(),
+        });
+        let weak: std::sync::Weak<dyn Admit> = Arc::downgrade(&schema_check) as _;
+        shared.live.set_admit(weak);
         Ok(LiveFacts {
             store,
             shared,
             writer,
-            url: crate::facts::store::redact(url),
+            url,
+            _schema_check: schema_check,
         })
     }
 
