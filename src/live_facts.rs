@@ -27,7 +27,16 @@
 //! write validated against the old schema can land after the check, and
 //! none is validated against a schema that is not served. Writes wait
 //! (they are not refused) while a schema check runs.
+//!
+//! Search reads the published view and a [`LiveIndex`] of the same
+//! revision ([`LiveFacts::search_at`]). Publishing a group records which
+//! entities each revision changed; the next search brings the index to
+//! the published revision from those (the cost of the changes), and builds
+//! it whole only the first time or when the record has a gap (views
+//! published by a path that records nothing, or too many revisions since
+//! the last search).
 
+use std::collections::VecDeque;
 use std::ops::Deref;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -41,6 +50,7 @@ use crate::facts::store::{Commit, Store, StoreError};
 use crate::facts::writer::{Apply, WriteError, Writer, WriterOptions};
 use crate::facts::{Batch, FactView, Model, Rejection, SlicePlan};
 use crate::reload::{Admit, Hold, Live};
+use crate::search::live::LiveIndex;
 use crate::snapshot::{FileKind, Snapshot};
 
 /// The facts of one request in store mode: the view and what deciding on
@@ -110,11 +120,47 @@ struct Shared {
     derived: ArcSwap<Derived>,
     gate: Mutex<Gate>,
     gate_turn: Condvar,
+    /// The entities each recent published revision changed, ascending.
+    changes: Mutex<VecDeque<(u64, Arc<[cedar_policy::EntityUid]>)>>,
+    /// The search index, at the revision a search last needed.
+    search: Mutex<Option<Arc<LiveIndex>>>,
 }
+
+/// Revisions whose changes are remembered for the search index.
+const REMEMBERED_REVISIONS: usize = 65_536;
 
 impl Shared {
     fn gate(&self) -> MutexGuard<'_, Gate> {
         self.gate.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Remember what the revisions of a published group changed.
+    fn remember(&self, changed: Vec<(u64, Arc<[cedar_policy::EntityUid]>)>) {
+        let mut changes = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        changes.extend(changed);
+        while changes.len() > REMEMBERED_REVISIONS {
+            changes.pop_front();
+        }
+    }
+
+    /// Every entity changed by the revisions after `from` up to `to`, when
+    /// each of them is remembered.
+    fn changed_between(&self, from: u64, to: u64) -> Option<Vec<cedar_policy::EntityUid>> {
+        let changes = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        let start = changes.partition_point(|(r, _)| *r <= from);
+        let mut out = Vec::new();
+        let mut expected = from + 1;
+        for (r, uids) in changes.range(start..) {
+            if *r > to {
+                break;
+            }
+            if *r != expected {
+                return None;
+            }
+            out.extend(uids.iter().cloned());
+            expected += 1;
+        }
+        (expected == to + 1).then_some(out)
     }
 
     /// Mark the staged group done (published or rolled back).
@@ -164,6 +210,8 @@ struct Applier {
     working: FactView,
     /// The gate's epoch `working` derives from.
     epoch: u64,
+    /// The entities each staged revision changes.
+    staged: Vec<(u64, Arc<[cedar_policy::EntityUid]>)>,
 }
 
 impl Apply for Applier {
@@ -194,6 +242,13 @@ impl Apply for Applier {
         drop(gate);
         debug_assert_eq!(applied.revision, revision);
         self.working = next;
+        let touched: Arc<[cedar_policy::EntityUid]> = applied
+            .upserted
+            .iter()
+            .map(|(uid, _)| uid.clone())
+            .chain(applied.deleted.iter().cloned())
+            .collect();
+        self.staged.push((applied.revision, touched));
         Ok(Commit {
             actor: request.actor.clone(),
             ops: request.ops.clone(),
@@ -209,12 +264,16 @@ impl Apply for Applier {
     fn publish(&mut self, revisions: &[u64]) {
         let top = revisions.last().copied().unwrap_or(0);
         debug_assert_eq!(self.working.revision(), top);
+        // Remembered before the view is visible: whoever sees the view
+        // finds what changed.
+        self.shared.remember(std::mem::take(&mut self.staged));
         self.shared.view.store(Arc::new(self.working.clone()));
         self.shared.revision.send_replace(top);
         self.shared.unstage();
     }
 
     fn rollback(&mut self) {
+        self.staged.clear();
         self.working = self.shared.view.load().as_ref().clone();
         self.shared.unstage();
     }
@@ -397,11 +456,14 @@ impl LiveFacts {
                 epoch: 0,
             }),
             gate_turn: Condvar::new(),
+            changes: Mutex::new(VecDeque::new()),
+            search: Mutex::new(None),
         });
         let applier = Applier {
             shared: shared.clone(),
             working: view,
             epoch: 0,
+            staged: Vec::new(),
         };
         let (writer, _task) = Writer::spawn(store.clone(), applier, WriterOptions::default());
         let url = crate::facts::store::redact(url);
@@ -451,6 +513,28 @@ impl LiveFacts {
             snap,
             facts: Some(FactsAt { view, model, plan }),
         }
+    }
+
+    /// The published facts with the model and plan of `snap`, and the
+    /// search index of the same revision (brought there from the changes
+    /// since the last search). Blocks: call it off the async request path.
+    pub fn search_at(&self, snap: Arc<Snapshot>) -> (At, Arc<LiveIndex>) {
+        let shared = &self.shared;
+        let mut slot = shared.search.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = self.at(snap);
+        let view = &at.facts.as_ref().expect("store mode").view;
+        let index = match slot.as_ref() {
+            Some(index) if index.revision() == view.revision() => index.clone(),
+            Some(index) if index.revision() < view.revision() => {
+                match shared.changed_between(index.revision(), view.revision()) {
+                    Some(changed) => Arc::new(index.advance(view, changed.iter())),
+                    None => Arc::new(LiveIndex::build(view)),
+                }
+            }
+            _ => Arc::new(LiveIndex::build(view)),
+        };
+        *slot = Some(index.clone());
+        (at, index)
     }
 
     /// Wait until the published revision is at least `min`, at most

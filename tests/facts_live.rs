@@ -9,14 +9,20 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use cedar_policy::{EntityId, EntityTypeName, EntityUid};
 use orgwarden::Paths;
 use orgwarden::decision_log::DecisionLog;
 use orgwarden::facts::store::Store;
 use orgwarden::http::{App, HttpConfig};
 use orgwarden::live_facts::LiveFacts;
+use orgwarden::load::{self, TextFile};
 use orgwarden::metrics::Metrics;
 use orgwarden::pdp::Pdp;
 use orgwarden::reload::Live;
+use orgwarden::search::live::LiveSource;
+use orgwarden::search::{self, Page, PageRequest, Strategy, explain};
+use orgwarden::snapshot::{FileKind, Snapshot};
+use orgwarden::world::{self, Rng, WorldSpec};
 use serde_json::{Value, json};
 
 const FACTS_TOKEN: &str = "facts-token";
@@ -397,4 +403,387 @@ async fn schema_checks_never_race_concurrent_writes() {
     if !with {
         assert!(!has_note, "a note was written under a schema without it");
     }
+}
+
+// ---- search on live facts against search on a fresh load ----------------
+
+/// `(type, id)` of a uid as entity JSON writes it.
+fn raw_uid(v: &Value) -> Option<(String, String)> {
+    let v = v.get("__entity").unwrap_or(v);
+    Some((
+        v.get("type")?.as_str()?.to_string(),
+        v.get("id")?.as_str()?.to_string(),
+    ))
+}
+
+fn of_type(items: &[Value], ty: &str) -> Vec<(String, String)> {
+    items
+        .iter()
+        .filter_map(|e| raw_uid(&e["uid"]))
+        .filter(|(t, _)| t == &format!("Prefect::{ty}"))
+        .collect()
+}
+
+fn uid_json((t, id): &(String, String)) -> Value {
+    json!({ "type": t, "id": id })
+}
+
+fn pick(rng: &mut Rng, items: &[(String, String)]) -> (String, String) {
+    rng.pick(items)
+        .cloned()
+        .unwrap_or_else(|| ("Prefect::User".into(), "nobody".into()))
+}
+
+/// A random batch of one or two operations that move what search reads:
+/// roles (tags), memberships and admin groups (parents), default roles,
+/// workspace keys, new and deleted workspaces, invitation emails. Many
+/// break a rule and are refused; that is part of the test.
+fn random_batch(rng: &mut Rng, items: &[Value], n: usize) -> Value {
+    let principals: Vec<(String, String)> =
+        [of_type(items, "User"), of_type(items, "ServiceAccount")].concat();
+    let users = of_type(items, "User");
+    let orgs = of_type(items, "Organization");
+    let admins = of_type(items, "OrgAdmins");
+    let workspaces = of_type(items, "Workspace");
+    let roles = of_type(items, "Role");
+    let invitations = of_type(items, "Invitation");
+    let find = |k: &(String, String)| {
+        items
+            .iter()
+            .find(|e| raw_uid(&e["uid"]).as_ref() == Some(k))
+    };
+    let keys: Vec<String> = items
+        .iter()
+        .filter_map(|e| e["attrs"]["key"].as_str().map(String::from))
+        .collect();
+    let mut ops = Vec::new();
+    for _ in 0..1 + rng.below(2) {
+        let p = pick(rng, &principals);
+        let ws = pick(rng, &workspaces);
+        let op = match rng.below(12) {
+            0..=2 => {
+                let key = rng.pick(&keys).cloned().unwrap_or_default();
+                let role = pick(rng, &roles);
+                json!({"op": "set_tag", "uid": uid_json(&p), "key": key,
+                       "value": {"__entity": {"type": role.0, "id": role.1}}})
+            }
+            3 => {
+                let held: Vec<String> = find(&p)
+                    .and_then(|e| e["tags"].as_object())
+                    .map(|t| t.keys().cloned().collect())
+                    .unwrap_or_default();
+                let key = rng.pick(&held).cloned().unwrap_or_else(|| "none".into());
+                json!({"op": "remove_tag", "uid": uid_json(&p), "key": key})
+            }
+            4 => {
+                let parent = if rng.below(2) == 0 {
+                    pick(rng, &orgs)
+                } else {
+                    pick(rng, &admins)
+                };
+                json!({"op": "add_parent", "uid": uid_json(&p), "parent": uid_json(&parent)})
+            }
+            5 => {
+                let parents: Vec<(String, String)> = find(&p)
+                    .and_then(|e| e["parents"].as_array())
+                    .map(|ps| ps.iter().filter_map(raw_uid).collect())
+                    .unwrap_or_default();
+                let parent = pick(rng, &parents);
+                json!({"op": "remove_parent", "uid": uid_json(&p), "parent": uid_json(&parent)})
+            }
+            6 => {
+                if rng.below(3) == 0 {
+                    json!({"op": "remove_attr", "uid": uid_json(&ws), "attr": "defaultRole"})
+                } else {
+                    let role = pick(rng, &roles);
+                    json!({"op": "set_attr", "uid": uid_json(&ws), "attr": "defaultRole",
+                           "value": {"__entity": {"type": role.0, "id": role.1}}})
+                }
+            }
+            7 => {
+                let key = match rng.pick(&keys) {
+                    Some(k) if rng.below(2) == 0 => k.clone(),
+                    _ => format!("key-{n}"),
+                };
+                json!({"op": "set_attr", "uid": uid_json(&ws), "attr": "key", "value": key})
+            }
+            8 => {
+                let org = pick(rng, &orgs);
+                json!({"op": "upsert", "entity": {
+                    "uid": {"type": "Prefect::Workspace", "id": format!("new-{n}")},
+                    "attrs": {"key": format!("new-{n}"), "handle": format!("new-{n}"),
+                              "org": {"__entity": {"type": org.0, "id": org.1}}},
+                    "parents": []}})
+            }
+            9 => json!({"op": "delete", "uid": uid_json(&ws)}),
+            10 => {
+                let inv = pick(rng, &invitations);
+                let email = find(&pick(rng, &users))
+                    .and_then(|e| e["attrs"]["email"].as_str().map(String::from))
+                    .unwrap_or_else(|| "nobody@example.com".into());
+                json!({"op": "set_attr", "uid": uid_json(&inv), "attr": "email", "value": email})
+            }
+            _ => {
+                let inv = pick(rng, &invitations);
+                let status = ["pending", "accepted"][rng.below(2)];
+                json!({"op": "set_attr", "uid": uid_json(&inv), "attr": "status", "value": status})
+            }
+        };
+        ops.push(op);
+    }
+    Value::Array(ops)
+}
+
+/// Every page of a search, `limit` at a time (tokens exercised).
+fn pages<T>(
+    limit: usize,
+    mut search: impl FnMut(&PageRequest) -> Result<Page<T>, orgwarden::engine::RequestError>,
+) -> (Vec<T>, Strategy, Vec<String>) {
+    let mut request = PageRequest {
+        token: None,
+        limit: Some(limit),
+    };
+    let mut items = Vec::new();
+    loop {
+        let page = search(&request).unwrap();
+        items.extend(page.items);
+        match page.next_token {
+            Some(t) => request.token = Some(t),
+            None => return (items, page.strategy, page.unindexed),
+        }
+    }
+}
+
+/// The schema, policies and entity texts of `paths`, for fresh loads.
+struct Fresh {
+    schema: Vec<TextFile>,
+    policies: Vec<TextFile>,
+}
+
+impl Fresh {
+    fn of(paths: &Paths) -> Fresh {
+        Fresh {
+            schema: load::read_texts(&paths.schema, FileKind::Schema).unwrap(),
+            policies: load::read_texts(&paths.policies, FileKind::Policies).unwrap(),
+        }
+    }
+
+    fn load(&self, items: &[Value]) -> Snapshot {
+        let file = TextFile {
+            path: "export.json".into(),
+            text: serde_json::to_string(items).unwrap(),
+        };
+        load::build(&self.schema, &self.policies, &[file]).expect("the export loads")
+    }
+}
+
+/// Searches on the live facts (through `search_at`, pages of 2) equal
+/// searches on a fresh load of their export, for a sample of principals,
+/// resources and actions. The number of searches compared.
+fn compare_searches(server: &Server, fresh: &Fresh, rng: &mut Rng) -> (u64, usize) {
+    let facts = server.app.pdp.facts.clone().unwrap();
+    let (at, index) = facts.search_at(server.app.pdp.live.snapshot());
+    let f = at.facts.as_ref().unwrap();
+    let live = LiveSource {
+        view: &f.view,
+        model: &f.model,
+        plan: &f.plan,
+        index: &index,
+    };
+    let snap = &at.snap;
+    let items = f.view.to_json();
+    let loaded = fresh.load(&items);
+    let stored: Vec<EntityUid> = f.view.uids().collect();
+    let sample = |rng: &mut Rng, ty: &EntityTypeName, n: usize| -> Vec<EntityUid> {
+        let mut all: Vec<EntityUid> = stored
+            .iter()
+            .filter(|u| u.type_name() == ty)
+            .cloned()
+            .collect();
+        all.sort_by_key(|u| u.to_string());
+        let mut out = Vec::new();
+        for _ in 0..n {
+            if let Some(u) = rng.pick(&all) {
+                out.push(u.clone());
+            }
+        }
+        // And one the facts do not hold.
+        out.push(EntityUid::from_type_name_and_id(
+            ty.clone(),
+            EntityId::new("ghost"),
+        ));
+        out
+    };
+    let ctx = json!({});
+    let mut compared = 0;
+    let actions: Vec<EntityUid> = snap.names.actions().into_iter().cloned().collect();
+    for action in &actions {
+        if rng.below(3) != 0 {
+            continue;
+        }
+        let (Some(ps), Some(rs)) = (
+            snap.schema.principals_for_action(action),
+            snap.schema.resources_for_action(action),
+        ) else {
+            continue;
+        };
+        let ps: Vec<EntityTypeName> = ps.cloned().collect();
+        let rs: Vec<EntityTypeName> = rs.cloned().collect();
+        for pt in &ps {
+            for rt in &rs {
+                for p in sample(rng, pt, 4) {
+                    let want = search::all_pages(|pg| {
+                        search::resources(&loaded, &p, action, rt, &ctx, pg)
+                    })
+                    .unwrap();
+                    let got = pages(2, |pg| {
+                        search::resources_in(snap, &live, &p, action, rt, &ctx, pg)
+                    });
+                    assert_eq!(got.0, want.items, "resources {p} {action} {rt}");
+                    assert_eq!((got.1, got.2), (want.strategy, want.unindexed));
+                    compared += 1;
+                }
+                for r in sample(rng, rt, 4) {
+                    let want =
+                        search::all_pages(|pg| search::subjects(&loaded, pt, action, &r, &ctx, pg))
+                            .unwrap();
+                    let got = pages(2, |pg| {
+                        search::subjects_in(snap, &live, pt, action, &r, &ctx, pg)
+                    });
+                    assert_eq!(got.0, want.items, "subjects {pt} {action} {r}");
+                    assert_eq!((got.1, got.2), (want.strategy, want.unindexed));
+                    compared += 1;
+                }
+                for (p, r) in sample(rng, pt, 2).into_iter().zip(sample(rng, rt, 2)) {
+                    let want =
+                        search::all_pages(|pg| search::actions(&loaded, &p, &r, &ctx, pg)).unwrap();
+                    let got = pages(2, |pg| search::actions_in(snap, &live, &p, &r, &ctx, pg));
+                    assert_eq!(got.0, want.items, "actions {p} {r}");
+                    compared += 1;
+                }
+            }
+        }
+    }
+    let workspace: EntityTypeName = "Prefect::Workspace".parse().unwrap();
+    let user: EntityTypeName = "Prefect::User".parse().unwrap();
+    for p in sample(rng, &user, 4) {
+        let want =
+            search::all_pages(|pg| search::accessible(&loaded, &p, &workspace, &ctx, pg)).unwrap();
+        let got = pages(2, |pg| {
+            search::accessible_in(snap, &live, &p, &workspace, &ctx, pg)
+        });
+        assert_eq!(got.0, want.items, "accessible {p}");
+        assert_eq!((got.1, got.2), (want.strategy, want.unindexed));
+        for access in &want.items {
+            for g in &access.grants {
+                assert_eq!(
+                    explain::explain_in(snap, &live, &p, &g.action, &access.resource, &g.policies),
+                    explain::explain(&loaded, &p, &g.action, &access.resource, &g.policies),
+                );
+            }
+            assert_eq!(
+                explain::workspace_info_in(snap, &live, &p, &access.resource),
+                explain::workspace_info(&loaded, &p, &access.resource),
+            );
+        }
+        compared += 1;
+    }
+    (f.view.revision(), compared)
+}
+
+/// Random writes, with searches between them (so that the live index
+/// moves revision by revision), then every few batches the searches on
+/// the live facts against the same searches on a fresh load of them; and
+/// the HTTP answer states its revision and honours a minimum.
+async fn differential(paths: Paths, seed: u64, batches: usize) {
+    let store_dir = tempfile::tempdir().unwrap();
+    let fresh = Arc::new(Fresh::of(&paths));
+    let server = Arc::new(Server::start(paths, store_dir.path()).await);
+    let mut rng = Rng(seed);
+    let (mut accepted, mut compared) = (0, 0);
+    for n in 0..batches {
+        let items = {
+            let facts = server.app.pdp.facts.clone().unwrap();
+            let at = facts.at(server.app.pdp.live.snapshot());
+            at.facts.unwrap().view.to_json()
+        };
+        let ops = random_batch(&mut rng, &items, n);
+        let answer = server.write(ops).await;
+        assert!(
+            answer.status == 200 || answer.status == 422 || answer.status == 404,
+            "{}",
+            answer.body
+        );
+        if answer.status == 200 {
+            accepted += 1;
+        }
+        if n % 3 == 0 || n + 1 == batches {
+            let (s, f) = (server.clone(), fresh.clone());
+            let mut r = Rng(seed ^ n as u64);
+            let (revision, count) =
+                tokio::task::spawn_blocking(move || compare_searches(&s, &f, &mut r))
+                    .await
+                    .unwrap();
+            compared += count;
+            // Over HTTP: the revision header, at least the minimum asked.
+            let body = json!({
+                "subject": {"type": "User", "id": "alice"},
+                "action": {"name": "see_flows"},
+                "resource": {"type": "Workspace"},
+            });
+            let found = server
+                .call(
+                    "POST",
+                    "/access/v1/search/resource",
+                    &[("Orgwarden-Min-Revision", revision.to_string())],
+                    Some(&body),
+                )
+                .await;
+            assert_eq!(found.status, 200, "{}", found.body);
+            let at = found.revision.expect("a revision header");
+            assert!(at >= revision);
+            assert_eq!(found.body["context"]["revision"], at);
+        }
+    }
+    assert!(
+        accepted > batches / 5,
+        "{accepted} of {batches} batches accepted"
+    );
+    assert!(compared > 0);
+    // A minimum from the future: 503 stale_facts after the wait.
+    let stale = server
+        .call(
+            "POST",
+            "/access/v1/search/action",
+            &[("Orgwarden-Min-Revision", "1000000".into())],
+            Some(&json!({"subject": {"type": "User", "id": "alice"},
+                          "resource": {"type": "Workspace", "id": "acme-prod"}})),
+        )
+        .await;
+    assert_eq!(stale.status, 503, "{}", stale.body);
+    assert_eq!(stale.body["error"]["code"], "stale_facts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_on_live_writes_matches_a_fresh_load_on_the_shipped_model() {
+    let (_dir, paths) = common::copy_of_shipped();
+    differential(paths, 7, 30).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_on_live_writes_matches_a_fresh_load_on_a_generated_world() {
+    let (_dir, paths) = common::copy_of_shipped();
+    std::fs::remove_dir_all(&paths.entities).unwrap();
+    let spec = WorldSpec {
+        orgs: 3,
+        workspaces_per_org: 4,
+        users_per_org: 5,
+        service_accounts_per_org: 1,
+        custom_roles_per_org: 1,
+        memberships: 40,
+        personal: 2,
+        seed: 11,
+    };
+    world::write(&spec, &paths.entities).unwrap();
+    differential(paths, 23, 30).await;
 }

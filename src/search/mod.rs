@@ -47,9 +47,12 @@
 //!    ([`Strategy::Scan`], with the policies that forced it in
 //!    [`Page::unindexed`]). Still exact, only slower.
 //!
-//! Search decides against the loaded facts only, with the request's
-//! context, and lists stored entities only (an entity the facts never
-//! mention cannot be listed, although `is_authorized` may allow it).
+//! Search decides against the facts of a [`Source`] only (the snapshot's
+//! loaded entities, [`Loaded`], or live facts at one revision,
+//! [`live::LiveSource`]), with the request's context, and lists stored
+//! entities only (an entity the facts never mention cannot be listed,
+//! although `is_authorized` may allow it). Every search function has an
+//! `_in` form that takes the source; the plain one searches the snapshot.
 //!
 //! # Pages
 //!
@@ -392,10 +395,7 @@ fn collect<T, Id: Ord + Clone>(
         if let Some(item) = decide(id)? {
             if items.len() == paging.limit {
                 let cursor = encode(last.expect("a full page has a last item"));
-                return Ok((
-                    items,
-                    Some(write_token(snap, &paging.fingerprint, &cursor)),
-                ));
+                return Ok((items, Some(write_token(snap, &paging.fingerprint, &cursor))));
             }
             items.push(item);
             last = Some(id);
@@ -570,7 +570,7 @@ fn search_unknown<S: Source>(
         snap,
         &cands,
         &paging,
-        |c| facts.from_cursor(c),
+        |c| facts.read_cursor(c),
         |id| facts.cursor(id),
         |id| {
             let uid = facts.uid(id);
@@ -754,7 +754,14 @@ pub fn accessible(
     context: &serde_json::Value,
     page: &PageRequest,
 ) -> Result<Page<Access>, RequestError> {
-    accessible_in(snap, &Loaded::of(snap), principal, resource_type, context, page)
+    accessible_in(
+        snap,
+        &Loaded::of(snap),
+        principal,
+        resource_type,
+        context,
+        page,
+    )
 }
 
 /// [`accessible`] on the facts of `facts`.
@@ -794,7 +801,7 @@ pub fn accessible_in<S: Source>(
         snap,
         &found.all,
         &paging,
-        |c| facts.from_cursor(c),
+        |c| facts.read_cursor(c),
         |id| facts.cursor(id),
         |id| {
             let resource = facts.uid(id);

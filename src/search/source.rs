@@ -59,7 +59,7 @@ pub trait Source {
     fn ancestors(&self, uid: &EntityUid) -> Vec<EntityUid>;
     /// `id` as the cursor of a page token, and back.
     fn cursor(&self, id: &Self::Id) -> Vec<u8>;
-    fn from_cursor(&self, bytes: &[u8]) -> Option<Self::Id>;
+    fn read_cursor(&self, bytes: &[u8]) -> Option<Self::Id>;
     /// Decide `q` with the policies of `snap` on these facts.
     fn decide(&self, snap: &Snapshot, q: &Query) -> Outcome;
 }
@@ -154,7 +154,7 @@ impl Source for Loaded<'_> {
         id.to_be_bytes().to_vec()
     }
 
-    fn from_cursor(&self, bytes: &[u8]) -> Option<u32> {
+    fn read_cursor(&self, bytes: &[u8]) -> Option<u32> {
         Some(u32::from_be_bytes(bytes.try_into().ok()?))
     }
 
