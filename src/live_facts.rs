@@ -20,10 +20,12 @@
 //! same facts would, and refuses the reload when they no longer conform.
 //! Writes and the check meet at the write gate: the writer validates and
 //! stages each batch under the gate's lock, with the model of the served
-//! schema; the check closes the gate, waits until no staged group is
-//! waiting for its commit, validates the published view (every
-//! acknowledged write, nothing else can be pending), installs the new
-//! model and keeps the gate closed until the snapshot is swapped. So no
+//! schema; the check validates the published view once while writes go
+//! on, then closes the gate, waits until no staged group is waiting for its
+//! commit, validates the published view again if a write was published
+//! meanwhile (it now holds every acknowledged write, and nothing else can
+//! be pending), installs the new model and keeps the gate closed until the
+//! snapshot is swapped. So no
 //! write validated against the old schema can land after the check, and
 //! none is validated against a schema that is not served. Writes wait
 //! (they are not refused) while a schema check runs.
@@ -320,6 +322,12 @@ impl Admit for SchemaCheck {
                 self.store
             ))
         })?;
+        // First while writes go on (the whole world is checked, which can
+        // take a while); then, with the gate closed, again only if a write
+        // was published meanwhile.
+        let started = std::time::Instant::now();
+        let first = shared.view.load_full();
+        let early = first.revalidated(&model);
         let mut gate = shared.gate();
         gate.closed = true;
         let reopen = Reopen(shared);
@@ -331,10 +339,12 @@ impl Admit for SchemaCheck {
         // The gate is closed and nothing is staged: the published view holds
         // every acknowledged write, and no other can come until it reopens.
         let view = shared.view.load_full();
-        let started = std::time::Instant::now();
-        let checked = view
-            .revalidated(&model)
-            .map_err(|errors| self.refused(&view, errors))?;
+        let checked = if Arc::ptr_eq(&view, &first) {
+            early
+        } else {
+            view.revalidated(&model)
+        }
+        .map_err(|errors| self.refused(&view, errors))?;
         tracing::info!(
             revision = checked.revision(),
             entities = checked.len(),
