@@ -787,3 +787,88 @@ async fn search_on_live_writes_matches_a_fresh_load_on_a_generated_world() {
     world::write(&spec, &paths.entities).unwrap();
     differential(paths, 23, 30).await;
 }
+
+/// A page token continues a listing after its last entity at the revision
+/// of the next request: what a write added before the cursor is not
+/// listed, what it added after is, and each page states its revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_token_continues_after_its_entity_at_the_next_revision() {
+    let (_dir, paths) = common::copy_of_shipped();
+    let store_dir = tempfile::tempdir().unwrap();
+    let server = Server::start(paths, store_dir.path()).await;
+    let search = |page: Value| {
+        json!({
+            "subject": {"type": "User", "id": "alice"},
+            "action": {"name": "see_flows"},
+            "resource": {"type": "Workspace"},
+            "page": page,
+        })
+    };
+    let ids = |a: &Answer| -> Vec<String> {
+        a.body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = server
+        .call(
+            "POST",
+            "/access/v1/search/resource",
+            &[],
+            Some(&search(json!({"limit": 1}))),
+        )
+        .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let before = first.revision.unwrap();
+    let last = ids(&first).pop().expect("alice sees a workspace");
+    let token = first.body["page"]["next_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!token.is_empty(), "alice sees more than one workspace");
+    // Two new workspaces of acme, one sorted before the cursor, one after.
+    let workspace = |id: &str| {
+        json!({"op": "upsert", "entity": {
+            "uid": {"type": "Prefect::Workspace", "id": id},
+            "attrs": {"key": id, "handle": id,
+                      "org": {"__entity": {"type": "Prefect::Organization", "id": "acme"}}},
+            "parents": []}})
+    };
+    let (before_id, after_id) = ("0-new".to_string(), format!("{last}~"));
+    assert!(before_id < last && after_id > last);
+    let written = server
+        .write(json!([workspace(&before_id), workspace(&after_id)]))
+        .await;
+    assert_eq!(written.status, 200, "{}", written.body);
+    let revision = written.body["revision"].as_u64().unwrap();
+    assert!(revision > before);
+    let next = server
+        .call(
+            "POST",
+            "/access/v1/search/resource",
+            &[("Orgwarden-Min-Revision", revision.to_string())],
+            Some(&search(json!({"token": token, "limit": 1000}))),
+        )
+        .await;
+    assert_eq!(next.status, 200, "{}", next.body);
+    assert_eq!(next.revision, Some(revision));
+    let all = server
+        .call(
+            "POST",
+            "/access/v1/search/resource",
+            &[],
+            Some(&search(json!({"limit": 1000}))),
+        )
+        .await;
+    assert_eq!(all.revision, Some(revision));
+    let full = ids(&all);
+    assert!(
+        full.contains(&before_id) && full.contains(&after_id),
+        "{full:?}"
+    );
+    let rest: Vec<String> = full.into_iter().filter(|id| *id > last).collect();
+    assert_eq!(ids(&next), rest);
+    assert!(!ids(&next).contains(&before_id));
+}
