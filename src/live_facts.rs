@@ -317,10 +317,13 @@ impl Admit for SchemaCheck {
         }
         let shared = &*self.shared;
         let model = Model::new(&candidate.schema).map_err(|e| {
-            one_error(format!(
-                "the reloaded schema gives no fact model for the store {}: {e}",
-                self.store
-            ))
+            let mut diags = Diagnostics::default();
+            diags.push(Diagnostic::plain(
+                Some(std::path::Path::new(&self.store)),
+                None,
+                format!("the reloaded schema gives no fact model for the stored facts: {e}"),
+            ));
+            diags
         })?;
         // First while writes go on (the whole world is checked, which can
         // take a while); then, with the gate closed, again only if a write
@@ -384,11 +387,10 @@ impl SchemaCheck {
                 .and_then(|i| uids.get(i).cloned())
                 .unwrap_or_else(|| r.field.clone());
             diags.push(Diagnostic::plain(
-                None,
+                Some(std::path::Path::new(&self.store)),
                 None,
                 format!(
-                    "the stored facts ({}, revision {}) do not conform to the reloaded schema: {entity}: {}",
-                    self.store,
+                    "the stored facts at revision {} do not conform to the reloaded schema: {entity}: {}",
                     view.revision(),
                     r.message
                 ),
@@ -396,19 +398,13 @@ impl SchemaCheck {
         }
         if total > 20 {
             diags.push(Diagnostic::plain(
-                None,
+                Some(std::path::Path::new(&self.store)),
                 None,
                 format!("... and {} more errors in the stored facts", total - 20),
             ));
         }
         diags
     }
-}
-
-fn one_error(message: String) -> Diagnostics {
-    let mut diags = Diagnostics::default();
-    diags.push(Diagnostic::plain(None, None, message));
-    diags
 }
 
 /// Why the live facts could not start.

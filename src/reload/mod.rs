@@ -297,3 +297,115 @@ pub mod rfc3339 {
         s.serialize_str(&format(*t))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+
+    /// A live snapshot of a copy of the shipped model.
+    fn live() -> (tempfile::TempDir, Live) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for sub in ["policies", "schema", "entities"] {
+            copy(&root.join(sub), &dir.path().join(sub));
+        }
+        let paths = Paths {
+            policies: dir.path().join("policies"),
+            schema: dir.path().join("schema"),
+            entities: dir.path().join("entities"),
+            routes: None,
+        };
+        (dir, Live::load(paths).unwrap())
+    }
+
+    fn touch_policies(live: &Live, n: usize) {
+        let file = live.paths().policies.join("extra.cedar");
+        std::fs::write(
+            file,
+            format!("@id(\"extra-{n}\")\nforbid (principal, action, resource) when {{ false }};\n"),
+        )
+        .unwrap();
+    }
+
+    /// Refuses every candidate while `refuse` is set; otherwise admits it
+    /// and, when the hold drops, records whether the candidate was served.
+    struct Check {
+        live: std::sync::Weak<Live>,
+        refuse: AtomicBool,
+        served_at_drop: Mutex<Vec<bool>>,
+    }
+
+    struct Recorder<'a> {
+        check: &'a Check,
+        generation: u64,
+    }
+
+    impl Drop for Recorder<'_> {
+        fn drop(&mut self) {
+            let live = self.check.live.upgrade().unwrap();
+            let served = live.snapshot().generation == self.generation;
+            self.check.served_at_drop.lock().unwrap().push(served);
+        }
+    }
+
+    impl Admit for Check {
+        fn admit<'a>(
+            &'a self,
+            _current: &Snapshot,
+            candidate: &Snapshot,
+        ) -> Result<Box<dyn Hold + 'a>, Diagnostics> {
+            if self.refuse.load(Ordering::Relaxed) {
+                let mut d = Diagnostics::default();
+                d.push(Diagnostic::plain(None, None, "refused by the check"));
+                return Err(d);
+            }
+            Ok(Box::new(Recorder {
+                check: self,
+                generation: candidate.generation,
+            }))
+        }
+    }
+
+    #[test]
+    fn a_refused_candidate_keeps_the_last_good_one_and_a_hold_lasts_until_the_swap() {
+        let (_dir, live) = live();
+        let live = Arc::new(live);
+        let check = Arc::new(Check {
+            live: Arc::downgrade(&live),
+            refuse: AtomicBool::new(true),
+            served_at_drop: Mutex::new(Vec::new()),
+        });
+        let weak: Weak<dyn Admit> = Arc::downgrade(&check) as _;
+        live.set_admit(weak);
+        let before = live.snapshot().generation;
+        touch_policies(&live, 1);
+        let refused = live.reload().unwrap_err();
+        assert!(refused.first_summary().ends_with("refused by the check"));
+        assert_eq!(live.snapshot().generation, before);
+        assert_eq!(live.counts(), (0, 1));
+        let summary = live.last_error().unwrap().summary;
+        assert!(summary.ends_with("refused by the check"), "{summary}");
+        check.refuse.store(false, Ordering::Relaxed);
+        let served = live.reload().unwrap();
+        assert!(served.generation > before);
+        assert_eq!(live.counts(), (1, 1));
+        assert!(live.last_error().is_none());
+        assert_eq!(*check.served_at_drop.lock().unwrap(), vec![true]);
+        // Once its owner drops the check, candidates are no longer checked.
+        check.refuse.store(true, Ordering::Relaxed);
+        drop(check);
+        touch_policies(&live, 2);
+        assert!(live.reload().is_ok());
+    }
+}
