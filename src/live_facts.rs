@@ -34,9 +34,9 @@
 //! revision ([`LiveFacts::search_at`]). Publishing a group records which
 //! entities each revision changed; the next search brings the index to
 //! the published revision from those (the cost of the changes), and builds
-//! it whole only the first time or when the record has a gap (views
-//! published by a path that records nothing, or too many revisions since
-//! the last search).
+//! it whole only once, in the background after start-up, or when the
+//! record has a gap (views published by a path that records nothing, or
+//! too many revisions since the last search).
 
 use std::collections::VecDeque;
 use std::ops::Deref;
@@ -472,6 +472,22 @@ impl LiveFacts {
             staged: Vec::new(),
         };
         let (writer, _task) = Writer::spawn(store.clone(), applier, WriterOptions::default());
+        // Build the search index off the request path, so that the first
+        // search only brings it up to date.
+        let warm = shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut slot = warm.search.lock().unwrap_or_else(PoisonError::into_inner);
+            if slot.is_none() {
+                let started = std::time::Instant::now();
+                let index = LiveIndex::build(&warm.view.load());
+                tracing::debug!(
+                    revision = index.revision(),
+                    millis = started.elapsed().as_millis() as u64,
+                    "search index of the live facts built"
+                );
+                *slot = Some(Arc::new(index));
+            }
+        });
         let url = crate::facts::store::redact(url);
         let schema_check = Arc::new(SchemaCheck {
             shared: shared.clone(),
