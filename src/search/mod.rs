@@ -63,6 +63,10 @@
 //! facts or policies were reloaded), from another search or tampered with is
 //! rejected with `invalid_page_token` (HTTP 400): the client restarts without
 //! a token. Restarting silently would mix two generations in one listing.
+//! On live facts the generation still binds a token (policies and schema),
+//! but the facts move by revision without a reload: the cursor is the last
+//! entity's uid, and the next page lists what follows it in the facts of
+//! its own request (each page states its revision).
 //! `limit` defaults to [`DEFAULT_LIMIT`] and is capped at [`MAX_LIMIT`] (a
 //! PDP may return fewer results than asked, with a next token).
 

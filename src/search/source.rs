@@ -43,7 +43,7 @@ pub trait Source {
     /// Stored entities holding a tag keyed `key`.
     fn tag_holders(&self, key: &str) -> Vec<Self::Id>;
     /// The stored entities whose attribute path `path` can lead to one of
-    /// `targets` (see [`Relations::walk_back`]), in order; a superset is
+    /// `targets` (see `Relations::walk_back`), in order; a superset is
     /// allowed, never a subset.
     fn walk_back(&self, targets: &[Target<Self::Id>], path: &[String]) -> Vec<Self::Id>;
     /// The attribute `name` of entity `uid`; none when either is missing.
