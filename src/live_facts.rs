@@ -287,6 +287,9 @@ struct SchemaCheck {
     store: String,
 }
 
+/// How long a schema check waits for a staged write group to commit.
+const STAGED_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Reopens the write gate when dropped (after the snapshot swap).
 struct Reopen<'a>(&'a Shared);
 
@@ -334,11 +337,23 @@ impl Admit for SchemaCheck {
         let mut gate = shared.gate();
         gate.closed = true;
         let reopen = Reopen(shared);
-        let gate = shared
+        let (gate, waited) = shared
             .gate_turn
-            .wait_while(gate, |g| g.staged)
+            .wait_timeout_while(gate, STAGED_PATIENCE, |g| g.staged)
             .unwrap_or_else(PoisonError::into_inner);
         drop(gate);
+        if waited.timed_out() {
+            let mut diags = Diagnostics::default();
+            diags.push(Diagnostic::plain(
+                Some(std::path::Path::new(&self.store)),
+                None,
+                format!(
+                    "a fact write did not commit within {} s: the stored facts cannot be checked against the reloaded schema now; reload again",
+                    STAGED_PATIENCE.as_secs()
+                ),
+            ));
+            return Err(diags);
+        }
         // The gate is closed and nothing is staged: the published view holds
         // every acknowledged write, and no other can come until it reopens.
         let view = shared.view.load_full();
