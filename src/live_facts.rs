@@ -21,20 +21,47 @@
 //! [`At`] is what one HTTP request decides against: a snapshot and, in store
 //! mode, one view (so a batch is decided at one revision, the revision its
 //! answer reports).
+//!
+//! A reloaded schema must hold for the stored facts: [`LiveFacts`] installs
+//! an [`Admit`] check on the live snapshot that re-validates the published
+//! view against a candidate whose schema changed, exactly as a load of the
+//! same facts would, and refuses the reload when they no longer conform.
+//! Writes and the check meet at the write gate: the writer validates and
+//! stages each batch under the gate's lock, with the model of the served
+//! schema; the check validates the published view once while writes go
+//! on, then closes the gate, waits until no staged group is waiting for its
+//! commit, validates the published view again if a write was published
+//! meanwhile (it now holds every acknowledged write, and nothing else can
+//! be pending), installs the new model and keeps the gate closed until the
+//! snapshot is swapped. So no
+//! write validated against the old schema can land after the check, and
+//! none is validated against a schema that is not served. Writes wait
+//! (they are not refused) while a schema check runs.
+//!
+//! Search reads the published view and a [`LiveIndex`] of the same
+//! revision ([`LiveFacts::search_at`]). Publishing a group records which
+//! entities each revision changed; the next search brings the index to
+//! the published revision from those (the cost of the changes), and builds
+//! it whole only once, in the background after start-up, or when the
+//! record has a gap (views published by a path that records nothing, or
+//! too many revisions since the last search).
 
+use std::collections::VecDeque;
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::diag::{Diagnostic, Diagnostics};
 use crate::facts::store::{Commit, Delta, Store, StoreError, StoredEntity};
 use crate::facts::writer::{Apply, StatusReport, StoreStatus, WriteError, Writer, WriterOptions};
 use crate::facts::{Batch, FactView, Model, Rejection, SlicePlan};
-use crate::reload::Live;
-use crate::snapshot::Snapshot;
+use crate::reload::{Admit, Hold, Live};
+use crate::search::live::LiveIndex;
+use crate::snapshot::{FileKind, Snapshot};
 
 /// The facts of one request in store mode: the view and what deciding on
 /// it needs of the policies and schema of the request's snapshot.
@@ -82,15 +109,76 @@ struct Derived {
     plan: Arc<SlicePlan>,
 }
 
+/// Where writes and a schema check meet (see the module doc).
+struct Gate {
+    /// The model writes are validated against: the served schema's.
+    model: Arc<Model>,
+    /// A schema check is running: writes wait.
+    closed: bool,
+    /// The writer staged a group that is neither published nor rolled back.
+    staged: bool,
+    /// Raised when a schema check replaces the published view (with the
+    /// same facts, checked anew): the writer starts again from it.
+    epoch: u64,
+}
+
 /// What the server and the writer task share.
 struct Shared {
     live: Arc<Live>,
     view: ArcSwap<FactView>,
     revision: watch::Sender<u64>,
     derived: ArcSwap<Derived>,
+    gate: Mutex<Gate>,
+    gate_turn: Condvar,
+    /// The entities each recent published revision changed, ascending.
+    changes: Mutex<VecDeque<(u64, Arc<[cedar_policy::EntityUid]>)>>,
+    /// The search index, at the revision a search last needed.
+    search: Mutex<Option<Arc<LiveIndex>>>,
 }
 
+/// Revisions whose changes are remembered for the search index.
+const REMEMBERED_REVISIONS: usize = 65_536;
+
 impl Shared {
+    fn gate(&self) -> MutexGuard<'_, Gate> {
+        self.gate.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Remember what the revisions of a published group changed.
+    fn remember(&self, changed: Vec<(u64, Arc<[cedar_policy::EntityUid]>)>) {
+        let mut changes = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        changes.extend(changed);
+        while changes.len() > REMEMBERED_REVISIONS {
+            changes.pop_front();
+        }
+    }
+
+    /// Every entity changed by the revisions after `from` up to `to`, when
+    /// each of them is remembered.
+    fn changed_between(&self, from: u64, to: u64) -> Option<Vec<cedar_policy::EntityUid>> {
+        let changes = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        let start = changes.partition_point(|(r, _)| *r <= from);
+        let mut out = Vec::new();
+        let mut expected = from + 1;
+        for (r, uids) in changes.range(start..) {
+            if *r > to {
+                break;
+            }
+            if *r != expected {
+                return None;
+            }
+            out.extend(uids.iter().cloned());
+            expected += 1;
+        }
+        (expected == to + 1).then_some(out)
+    }
+
+    /// Mark the staged group done (published or rolled back).
+    fn unstage(&self) {
+        self.gate().staged = false;
+        self.gate_turn.notify_all();
+    }
+
     /// The model and plan of `snap`, rebuilt when its generation is new
     /// (policies or schema reloaded); the last good ones when the schema
     /// cannot give a model.
@@ -130,6 +218,10 @@ pub struct WriteRequest {
 struct Applier {
     shared: Arc<Shared>,
     working: FactView,
+    /// The gate's epoch `working` derives from.
+    epoch: u64,
+    /// The entities each staged revision changes.
+    staged: Vec<(u64, Arc<[cedar_policy::EntityUid]>)>,
 }
 
 impl Apply for Applier {
@@ -141,11 +233,35 @@ impl Apply for Applier {
     }
 
     fn apply(&mut self, request: &WriteRequest, revision: u64) -> Result<Commit, Rejection> {
-        let snap = self.shared.live.snapshot();
-        let (model, _) = self.shared.derived(&snap);
-        let (next, applied) = self.working.apply(&model, &request.batch)?;
+        let shared = self.shared.clone();
+        // Validated and staged under the gate: a schema check either sees
+        // this batch staged (and waits for its commit) or runs entirely
+        // before it (and this batch meets the model it installed). A group
+        // that already staged a batch goes on staging while a check waits
+        // for it: the check waits for the group's commit and validates the
+        // view it publishes.
+        let gate = shared
+            .gate_turn
+            .wait_while(shared.gate(), |g| g.closed && !g.staged)
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut gate = gate;
+        if gate.epoch != self.epoch {
+            // Nothing was staged when the check replaced the view.
+            self.working = shared.view.load().as_ref().clone();
+            self.epoch = gate.epoch;
+        }
+        let (next, applied) = self.working.apply(&gate.model, &request.batch)?;
+        gate.staged = true;
+        drop(gate);
         debug_assert_eq!(applied.revision, revision);
         self.working = next;
+        let touched: Arc<[cedar_policy::EntityUid]> = applied
+            .upserted
+            .iter()
+            .map(|(uid, _)| uid.clone())
+            .chain(applied.deleted.iter().cloned())
+            .collect();
+        self.staged.push((applied.revision, touched));
         Ok(Commit {
             actor: request.actor.clone(),
             ops: request.ops.clone(),
@@ -161,33 +277,65 @@ impl Apply for Applier {
     fn publish(&mut self, revisions: &[u64]) {
         let top = revisions.last().copied().unwrap_or(0);
         debug_assert_eq!(self.working.revision(), top);
+        // Remembered before the view is visible: whoever sees the view
+        // finds what changed.
+        self.shared.remember(std::mem::take(&mut self.staged));
         self.shared.view.store(Arc::new(self.working.clone()));
         self.shared.revision.send_replace(top);
+        self.shared.unstage();
     }
 
     fn rollback(&mut self) {
+        self.staged.clear();
         self.working = self.shared.view.load().as_ref().clone();
+        self.shared.unstage();
     }
 
     fn catch_up(&mut self, delta: Delta) -> Result<(), String> {
-        let snap = self.shared.live.snapshot();
-        let (model, _) = self.shared.derived(&snap);
-        let current = self.shared.view.load_full();
+        let shared = self.shared.clone();
+        // Under the gate, like a write: rows validated with the served
+        // model, never while a schema check has the gate closed.
+        let gate = shared
+            .gate_turn
+            .wait_while(shared.gate(), |g| g.closed)
+            .unwrap_or_else(PoisonError::into_inner);
+        let current = shared.view.load_full();
+        // What the revisions changed, for the search index: every row to the
+        // last of them (the ones between are never published here).
+        let touched: Arc<[cedar_policy::EntityUid]> = delta
+            .rows
+            .iter()
+            .map(|e| e.uid.as_str())
+            .chain(delta.deleted.iter().map(String::as_str))
+            .filter_map(|u| u.parse().ok())
+            .collect();
         let rows: Vec<(Value, u64)> = delta
             .rows
             .into_iter()
             .map(|e| (e.json, e.revision))
             .collect();
         let (next, _) = current
-            .advance(&model, &rows, &delta.deleted, delta.head)
+            .advance(&gate.model, &rows, &delta.deleted, delta.head)
             .map_err(|r| format!("revisions {}..={}: {r}", delta.from + 1, delta.head))?;
+        let mut changed: Vec<(u64, Arc<[cedar_policy::EntityUid]>)> = (delta.from + 1
+            ..delta.head)
+            .map(|r| (r, Arc::from(Vec::new())))
+            .collect();
+        changed.push((delta.head, touched));
+        shared.remember(changed);
+        self.epoch = gate.epoch;
         self.install(next);
+        drop(gate);
         Ok(())
     }
 
     fn rebootstrap(&mut self, head: u64, entities: Vec<StoredEntity>) -> Result<(), String> {
-        let snap = self.shared.live.snapshot();
-        let (model, _) = self.shared.derived(&snap);
+        let shared = self.shared.clone();
+        let gate = shared
+            .gate_turn
+            .wait_while(shared.gate(), |g| g.closed)
+            .unwrap_or_else(PoisonError::into_inner);
+        let model = gate.model.clone();
         let build = move || load_view(&model, entities, head);
         // A large snapshot takes seconds to check: off the async workers
         // when the runtime has others (decisions keep the old view).
@@ -198,7 +346,12 @@ impl Apply for Applier {
         } else {
             build()
         };
+        self.epoch = gate.epoch;
         self.install(view.map_err(|e| e.to_string())?);
+        drop(gate);
+        // Nothing records what a snapshot changed: build the search index
+        // anew, off the request path.
+        warm_search(shared);
         Ok(())
     }
 }
@@ -210,6 +363,167 @@ impl Applier {
         self.working = view.clone();
         self.shared.view.store(Arc::new(view));
         self.shared.revision.send_replace(revision);
+    }
+}
+
+/// Build the search index of the published view off the request path,
+/// unless one at its revision is there already.
+fn warm_search(shared: Arc<Shared>) {
+    tokio::task::spawn_blocking(move || {
+        let mut slot = shared.search.lock().unwrap_or_else(PoisonError::into_inner);
+        let view = shared.view.load();
+        if slot.as_ref().is_some_and(|i| i.revision() == view.revision()) {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let index = LiveIndex::build(&view);
+        tracing::debug!(
+            revision = index.revision(),
+            millis = started.elapsed().as_millis() as u64,
+            "search index of the live facts built"
+        );
+        *slot = Some(Arc::new(index));
+    });
+}
+
+/// The schema check a store-backed server installs on the live snapshot.
+struct SchemaCheck {
+    shared: Arc<Shared>,
+    store: String,
+}
+
+/// How long a schema check waits for a staged write group to commit.
+const STAGED_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Reopens the write gate when dropped (after the snapshot swap).
+struct Reopen<'a>(&'a Shared);
+
+impl Drop for Reopen<'_> {
+    fn drop(&mut self) {
+        self.0.gate().closed = false;
+        self.0.gate_turn.notify_all();
+    }
+}
+
+/// The schema files of a snapshot, by path and digest.
+fn schema_files(snap: &Snapshot) -> Vec<(&std::path::Path, &str)> {
+    snap.files
+        .iter()
+        .filter(|f| f.kind == FileKind::Schema)
+        .map(|f| (f.path.as_path(), f.sha256.as_str()))
+        .collect()
+}
+
+impl Admit for SchemaCheck {
+    fn admit<'a>(
+        &'a self,
+        current: &Snapshot,
+        candidate: &Snapshot,
+    ) -> Result<Box<dyn Hold + 'a>, Diagnostics> {
+        if schema_files(current) == schema_files(candidate) {
+            return Ok(Box::new(()));
+        }
+        let shared = &*self.shared;
+        let model = Model::new(&candidate.schema).map_err(|e| {
+            let mut diags = Diagnostics::default();
+            diags.push(Diagnostic::plain(
+                Some(std::path::Path::new(&self.store)),
+                None,
+                format!("the reloaded schema gives no fact model for the stored facts: {e}"),
+            ));
+            diags
+        })?;
+        // First while writes go on (the whole world is checked, which can
+        // take a while); then, with the gate closed, again only if a write
+        // was published meanwhile.
+        let started = std::time::Instant::now();
+        let first = shared.view.load_full();
+        let early = first.revalidated(&model);
+        let mut gate = shared.gate();
+        gate.closed = true;
+        let reopen = Reopen(shared);
+        let (gate, waited) = shared
+            .gate_turn
+            .wait_timeout_while(gate, STAGED_PATIENCE, |g| g.staged)
+            .unwrap_or_else(PoisonError::into_inner);
+        drop(gate);
+        if waited.timed_out() {
+            let mut diags = Diagnostics::default();
+            diags.push(Diagnostic::plain(
+                Some(std::path::Path::new(&self.store)),
+                None,
+                format!(
+                    "a fact write did not commit within {} s: the stored facts cannot be checked against the reloaded schema now; reload again",
+                    STAGED_PATIENCE.as_secs()
+                ),
+            ));
+            return Err(diags);
+        }
+        // The gate is closed and nothing is staged: the published view holds
+        // every acknowledged write, and no other can come until it reopens.
+        let view = shared.view.load_full();
+        let checked = if Arc::ptr_eq(&view, &first) {
+            early
+        } else {
+            view.revalidated(&model)
+        }
+        .map_err(|errors| self.refused(&view, errors))?;
+        tracing::info!(
+            revision = checked.revision(),
+            entities = checked.len(),
+            millis = started.elapsed().as_millis() as u64,
+            "the stored facts conform to the reloaded schema"
+        );
+        let model = Arc::new(model);
+        let mut gate = shared.gate();
+        shared.view.store(Arc::new(checked));
+        gate.model = model.clone();
+        gate.epoch += 1;
+        shared.derived.store(Arc::new(Derived {
+            generation: candidate.generation,
+            model,
+            plan: Arc::new(SlicePlan::new(&candidate.policies)),
+        }));
+        drop(gate);
+        Ok(Box::new(reopen))
+    }
+}
+
+impl SchemaCheck {
+    /// The diagnostics of facts that do not conform: each names the entity
+    /// (and the rule, for a domain check).
+    fn refused(&self, view: &FactView, errors: Vec<Rejection>) -> Diagnostics {
+        // `items[i]` is the i-th entity of `to_json`, which sorts by uid.
+        let mut uids: Vec<String> = view.uids().map(|u| u.to_string()).collect();
+        uids.sort();
+        let total = errors.len();
+        let mut diags = Diagnostics::default();
+        for r in errors.iter().take(20) {
+            let entity = r
+                .field
+                .strip_prefix("items[")
+                .and_then(|i| i.strip_suffix(']'))
+                .and_then(|i| i.parse::<usize>().ok())
+                .and_then(|i| uids.get(i).cloned())
+                .unwrap_or_else(|| r.field.clone());
+            diags.push(Diagnostic::plain(
+                Some(std::path::Path::new(&self.store)),
+                None,
+                format!(
+                    "the stored facts at revision {} do not conform to the reloaded schema: {entity}: {}",
+                    view.revision(),
+                    r.message
+                ),
+            ));
+        }
+        if total > 20 {
+            diags.push(Diagnostic::plain(
+                Some(std::path::Path::new(&self.store)),
+                None,
+                format!("... and {} more errors in the stored facts", total - 20),
+            ));
+        }
+        diags
     }
 }
 
@@ -289,6 +603,8 @@ pub struct LiveFacts {
     status: Arc<StoreStatus>,
     options: FollowOptions,
     url: String,
+    /// Installed on the live snapshot (weakly): lives as long as this.
+    _schema_check: Arc<SchemaCheck>,
 }
 
 impl LiveFacts {
@@ -306,7 +622,7 @@ impl LiveFacts {
     ) -> Result<LiveFacts, StartError> {
         let store = Store::lazy(url).await?;
         let snap = live.snapshot();
-        let model = Model::new(&snap.schema).map_err(StartError::Model)?;
+        let model = Arc::new(Model::new(&snap.schema).map_err(StartError::Model)?);
         let first = async {
             store.check_schema().await?;
             store.snapshot().await
@@ -335,13 +651,24 @@ impl LiveFacts {
             revision,
             derived: ArcSwap::from_pointee(Derived {
                 generation: snap.generation,
-                model: Arc::new(model),
+                model: model.clone(),
                 plan: Arc::new(SlicePlan::new(&snap.policies)),
             }),
+            gate: Mutex::new(Gate {
+                model,
+                closed: false,
+                staged: false,
+                epoch: 0,
+            }),
+            gate_turn: Condvar::new(),
+            changes: Mutex::new(VecDeque::new()),
+            search: Mutex::new(None),
         });
         let applier = Applier {
             shared: shared.clone(),
             working: view,
+            epoch: 0,
+            staged: Vec::new(),
         };
         let wake = Arc::new(tokio::sync::Notify::new());
         let listening = store.spawn_listener(wake.clone()).is_some();
@@ -357,13 +684,24 @@ impl LiveFacts {
             },
             status.clone(),
         );
+        // Build the search index off the request path, so that the first
+        // search only brings it up to date.
+        warm_search(shared.clone());
+        let url = crate::facts::store::redact(url);
+        let schema_check = Arc::new(SchemaCheck {
+            shared: shared.clone(),
+            store: url.clone(),
+        });
+        let weak: std::sync::Weak<dyn Admit> = Arc::downgrade(&schema_check) as _;
+        shared.live.set_admit(weak);
         Ok(LiveFacts {
             store,
             shared,
             writer,
             status,
             options,
-            url: crate::facts::store::redact(url),
+            url,
+            _schema_check: schema_check,
         })
     }
 
@@ -422,6 +760,28 @@ impl LiveFacts {
             snap,
             facts: Some(FactsAt { view, model, plan }),
         }
+    }
+
+    /// The published facts with the model and plan of `snap`, and the
+    /// search index of the same revision (brought there from the changes
+    /// since the last search). Blocks: call it off the async request path.
+    pub fn search_at(&self, snap: Arc<Snapshot>) -> (At, Arc<LiveIndex>) {
+        let shared = &self.shared;
+        let mut slot = shared.search.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = self.at(snap);
+        let view = &at.facts.as_ref().expect("store mode").view;
+        let index = match slot.as_ref() {
+            Some(index) if index.revision() == view.revision() => index.clone(),
+            Some(index) if index.revision() < view.revision() => {
+                match shared.changed_between(index.revision(), view.revision()) {
+                    Some(changed) => Arc::new(index.advance(view, changed.iter())),
+                    None => Arc::new(LiveIndex::build(view)),
+                }
+            }
+            _ => Arc::new(LiveIndex::build(view)),
+        };
+        *slot = Some(index.clone());
+        (at, index)
     }
 
     /// Wait until the published revision is at least `min`, at most

@@ -368,16 +368,19 @@ fn writes_are_read_at_their_revision_and_survive_a_restart() {
     assert_eq!(malformed.status, 400);
     assert_eq!(malformed.body["error"]["field"], "Orgwarden-Min-Revision");
 
-    // Search does not cover store-backed facts yet: a clear error.
+    // Search answers on the live facts, at their revision.
+    let m_text = m.to_string();
     let search = call(
         &base,
         "GET",
         "/v1/principals/User::%22carol%22/workspaces",
-        &[],
+        &[("Orgwarden-Min-Revision", &m_text)],
         None,
     )
     .unwrap();
-    assert_eq!(search.status, 501);
+    assert_eq!(search.status, 200, "{}", search.body);
+    assert!(search.revision() >= m);
+    assert_eq!(search.body["revision"], search.revision());
 
     // A last write, then a restart on the same store.
     let last = write(&base, &developer_of_prod("set_tag"));

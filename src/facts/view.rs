@@ -424,6 +424,20 @@ impl FactView {
         Ok(view)
     }
 
+    /// The same facts checked anew against `model` (a reloaded schema),
+    /// exactly as a load of [`FactView::to_json`] checks them, at the same
+    /// revision and with each entity's revision kept. On error, every error
+    /// found, each naming its entity (parse errors name `items[i]`, the
+    /// position in [`FactView::to_json`]).
+    pub fn revalidated(&self, model: &Model) -> Result<FactView, Vec<Rejection>> {
+        let mut view = FactView::from_json(model, self.to_json())?;
+        view.revision = self.revision;
+        for (uid, node) in view.nodes.iter_mut() {
+            node.rev = self.nodes.get(uid).map_or(self.revision, |n| n.rev);
+        }
+        Ok(view)
+    }
+
     /// Apply a batch: the next view and what changed, or why nothing did.
     /// The batch is validated as a load would validate the world it gives:
     /// the schema for every entity it changes, cycles, and the domain's

@@ -9,9 +9,17 @@
 //! * `POST /access/v1/search/action`: `{subject, resource, context?, page?}`
 //!
 //! Each answers `{results: [...], page: {next_token, count}, context:
-//! {generation, strategy, reason_admin: {policies: {<id or action>:
-//! [...]}}}}`; `next_token` is `""` on the last page. A page token from an
-//! older snapshot generation is a 400 `invalid_page_token`.
+//! {generation, revision, strategy, reason_admin: {policies: {<id or
+//! action>: [...]}}}}`; `next_token` is `""` on the last page. A page token
+//! from an older snapshot generation is a 400 `invalid_page_token`.
+//!
+//! Every search answers at one fact revision, stated in the
+//! `Orgwarden-Revision` header (and `revision` in the body), and honours
+//! `Orgwarden-Min-Revision` as the decision APIs do. With a fact store, a
+//! search decides on the live facts ([`crate::search::live`]) at the newest
+//! published revision; a page token then continues the listing after its
+//! last entity at the revision of the next request (pages of one listing
+//! may span writes; each states its revision).
 //!
 //! * `GET /v1/principals/{uid}/workspaces?limit=&token=`: the workspaces the
 //!   principal can open (any workspace action allowed), each with its kind
@@ -23,7 +31,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use cedar_policy::{EntityId, EntityTypeName, EntityUid};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -32,8 +40,27 @@ use super::App;
 use super::authzen::{Action, Entity};
 use super::error::{ApiError, JsonBody};
 use crate::names::EntityRef;
-use crate::search::{self, Hit, Page, PageRequest, explain};
+use crate::search::live::LiveSource;
+use crate::search::{self, Hit, Loaded, Page, PageRequest, explain};
 use crate::snapshot::Snapshot;
+
+/// The facts a search reads: the snapshot's own, or live ones.
+pub enum Src<'a> {
+    Loaded(Loaded<'a>),
+    Live(LiveSource<'a>),
+}
+
+/// `$body` with `$s` bound to the [`search::Source`] inside `$src`.
+macro_rules! on_source {
+    ($src:expr, |$s:ident| $body:expr) => {
+        match $src {
+            Src::Loaded($s) => $body,
+            Src::Live($s) => $body,
+        }
+    };
+}
+
+type Answer = ([(HeaderName, HeaderValue); 1], Json<Value>);
 
 /// `page` of a search request (`next_token` is accepted for `token`).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -109,24 +136,42 @@ fn context_value(c: &Option<Map<String, Value>>) -> Value {
     Value::Object(c.clone().unwrap_or_default())
 }
 
-/// Run `f` on the blocking pool with the live snapshot. Refused when facts
-/// come from a store: the search index is built from entity files and
-/// would answer on facts the decisions no longer use.
-async fn blocking<T: Send + 'static>(
-    app: &App,
-    f: impl FnOnce(&Snapshot) -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    if app.pdp.facts.is_some() {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "search_not_live",
-            "search does not yet cover store-backed facts (--facts): decide each candidate with /access/v1/evaluations instead",
-        ));
-    }
-    let snap: Arc<Snapshot> = app.pdp.live.snapshot();
-    tokio::task::spawn_blocking(move || f(&snap))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+/// Run `f` on the blocking pool with the snapshot and the facts of this
+/// request (once they reach its `Orgwarden-Min-Revision`); the answer
+/// carries the revision it was decided at.
+async fn blocking(
+    app: &Arc<App>,
+    headers: &HeaderMap,
+    f: impl FnOnce(&Snapshot, &Src<'_>, u64) -> Result<Value, ApiError> + Send + 'static,
+) -> Result<Answer, ApiError> {
+    let at = app.at(headers).await?;
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || {
+        let (at, index) = match &app.pdp.facts {
+            Some(facts) => {
+                let (at, index) = facts.search_at(at.snap.clone());
+                (at, Some(index))
+            }
+            None => (at, None),
+        };
+        let revision = at.revision();
+        let src = match (&at.facts, &index) {
+            (Some(f), Some(index)) => Src::Live(LiveSource {
+                view: &f.view,
+                model: &f.model,
+                plan: &f.plan,
+                index,
+            }),
+            _ => Src::Loaded(Loaded::of(&at.snap)),
+        };
+        let body = f(&at.snap, &src, revision)?;
+        Ok((
+            [(super::REVISION_HEADER, HeaderValue::from(revision))],
+            Json(body),
+        ))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
 }
 
 fn page_json<T>(page: &Page<T>) -> Value {
@@ -136,7 +181,7 @@ fn page_json<T>(page: &Page<T>) -> Value {
     })
 }
 
-fn hits_body(type_name: &str, page: &Page<Hit>) -> Value {
+fn hits_body(type_name: &str, page: &Page<Hit>, revision: u64) -> Value {
     let results: Vec<Value> = page
         .items
         .iter()
@@ -152,6 +197,7 @@ fn hits_body(type_name: &str, page: &Page<Hit>) -> Value {
         "page": page_json(page),
         "context": {
             "generation": page.generation,
+            "revision": revision,
             "strategy": page.strategy,
             "reason_admin": { "policies": policies },
         },
@@ -161,22 +207,20 @@ fn hits_body(type_name: &str, page: &Page<Hit>) -> Value {
 /// `POST /access/v1/search/subject`.
 pub async fn subject(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<EntitySearch>,
-) -> Result<Json<Value>, ApiError> {
-    blocking(&app, move |snap| {
+) -> Result<Answer, ApiError> {
+    blocking(&app, &headers, move |snap, src, revision| {
         no_properties("subject", &req.subject.properties)?;
         let ty = resolve_type(snap, "subject", &req.subject.type_name)?;
         let action = resolve_action(snap, &req.action)?;
         let resource = resolve_entity(snap, "resource", &req.resource)?;
-        let page = search::subjects(
-            snap,
-            &ty,
-            &action,
-            &resource,
-            &context_value(&req.context),
-            &page_request(&req.page),
-        )?;
-        Ok(Json(hits_body(&req.subject.type_name, &page)))
+        let context = context_value(&req.context);
+        let page = page_request(&req.page);
+        let page = on_source!(src, |s| search::subjects_in(
+            snap, s, &ty, &action, &resource, &context, &page
+        ))?;
+        Ok(hits_body(&req.subject.type_name, &page, revision))
     })
     .await
 }
@@ -184,22 +228,20 @@ pub async fn subject(
 /// `POST /access/v1/search/resource`.
 pub async fn resource(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<EntitySearch>,
-) -> Result<Json<Value>, ApiError> {
-    blocking(&app, move |snap| {
+) -> Result<Answer, ApiError> {
+    blocking(&app, &headers, move |snap, src, revision| {
         let subject = resolve_entity(snap, "subject", &req.subject)?;
         let action = resolve_action(snap, &req.action)?;
         no_properties("resource", &req.resource.properties)?;
         let ty = resolve_type(snap, "resource", &req.resource.type_name)?;
-        let page = search::resources(
-            snap,
-            &subject,
-            &action,
-            &ty,
-            &context_value(&req.context),
-            &page_request(&req.page),
-        )?;
-        Ok(Json(hits_body(&req.resource.type_name, &page)))
+        let context = context_value(&req.context);
+        let page = page_request(&req.page);
+        let page = on_source!(src, |s| search::resources_in(
+            snap, s, &subject, &action, &ty, &context, &page
+        ))?;
+        Ok(hits_body(&req.resource.type_name, &page, revision))
     })
     .await
 }
@@ -207,18 +249,17 @@ pub async fn resource(
 /// `POST /access/v1/search/action`.
 pub async fn action(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<ActionSearch>,
-) -> Result<Json<Value>, ApiError> {
-    blocking(&app, move |snap| {
+) -> Result<Answer, ApiError> {
+    blocking(&app, &headers, move |snap, src, revision| {
         let subject = resolve_entity(snap, "subject", &req.subject)?;
         let resource = resolve_entity(snap, "resource", &req.resource)?;
-        let page = search::actions(
-            snap,
-            &subject,
-            &resource,
-            &context_value(&req.context),
-            &page_request(&req.page),
-        )?;
+        let context = context_value(&req.context);
+        let page = page_request(&req.page);
+        let page = on_source!(src, |s| search::actions_in(
+            snap, s, &subject, &resource, &context, &page
+        ))?;
         let results: Vec<Value> = page
             .items
             .iter()
@@ -229,14 +270,15 @@ pub async fn action(
             .iter()
             .map(|g| (g.action.id().unescaped().to_string(), json!(g.policies)))
             .collect();
-        Ok(Json(json!({
+        Ok(json!({
             "results": results,
             "page": page_json(&page),
             "context": {
                 "generation": page.generation,
+                "revision": revision,
                 "reason_admin": { "policies": policies },
             },
-        })))
+        }))
     })
     .await
 }
@@ -278,8 +320,9 @@ pub async fn workspaces(
     State(app): State<Arc<App>>,
     Path(uid): Path<String>,
     Query(q): Query<WorkspacesQuery>,
-) -> Result<Json<Value>, ApiError> {
-    blocking(&app, move |snap| {
+    headers: HeaderMap,
+) -> Result<Answer, ApiError> {
+    blocking(&app, &headers, move |snap, src, revision| {
         let principal = principal_from_path(snap, &uid)?;
         let ty = snap.names.resolve_type("Workspace").map_err(|_| {
             ApiError::new(
@@ -288,16 +331,14 @@ pub async fn workspaces(
                 "the schema has no `Workspace` entity type",
             )
         })?;
-        let page = search::accessible(
-            snap,
-            &principal,
-            &ty,
-            &json!({}),
-            &PageRequest {
-                token: q.token,
-                limit: q.limit,
-            },
-        )
+        let page = PageRequest {
+            token: q.token,
+            limit: q.limit,
+        };
+        let context = json!({});
+        let page = on_source!(src, |s| search::accessible_in(
+            snap, s, &principal, &ty, &context, &page
+        ))
         .map_err(|e| {
             let e = ApiError::from(e);
             // Tokens arrive in the query here, not in a `page` object.
@@ -307,22 +348,28 @@ pub async fn workspaces(
         let workspaces: Vec<Value> = page
             .items
             .iter()
-            .map(|access| workspace_json(snap, &principal, access))
+            .map(|access| on_source!(src, |s| workspace_json(snap, s, &principal, access)))
             .collect();
-        Ok(Json(json!({
+        Ok(json!({
             "principal": { "type": principal.type_name().to_string(), "id": principal.id().unescaped() },
             "generation": page.generation,
+            "revision": revision,
             "strategy": page.strategy,
             "workspaces": workspaces,
             "page": page_json(&page),
-        })))
+        }))
     })
     .await
 }
 
-fn workspace_json(snap: &Snapshot, principal: &EntityUid, access: &search::Access) -> Value {
+fn workspace_json<S: search::Source>(
+    snap: &Snapshot,
+    src: &S,
+    principal: &EntityUid,
+    access: &search::Access,
+) -> Value {
     let mut body = json!({ "id": access.resource.id().unescaped() });
-    if let Some(info) = explain::workspace_info(snap, principal, &access.resource)
+    if let Some(info) = explain::workspace_info_in(snap, src, principal, &access.resource)
         && let (Value::Object(b), Ok(Value::Object(i))) = (&mut body, serde_json::to_value(info))
     {
         b.extend(i);
@@ -336,7 +383,14 @@ fn workspace_json(snap: &Snapshot, principal: &EntityUid, access: &search::Acces
     let mut why: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
     for g in &access.grants {
         let scope = g.action.id().unescaped().to_string();
-        for because in explain::explain(snap, principal, &g.action, &access.resource, &g.policies) {
+        for because in explain::explain_in(
+            snap,
+            src,
+            principal,
+            &g.action,
+            &access.resource,
+            &g.policies,
+        ) {
             let facts = if because.facts.is_empty() {
                 vec![format!("policy `{}`", because.policy)]
             } else {

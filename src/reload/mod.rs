@@ -14,11 +14,17 @@
 //!
 //! [`Live::watch`] reloads when the files change: the watcher is the
 //! `watch` submodule, above the live snapshot it reloads.
+//!
+//! Whoever serves more than the files installs an [`Admit`] check
+//! ([`Live::set_admit`]): a candidate snapshot is swapped in only when the
+//! check admits it, and what the check returns is held until the swap is
+//! done (so that nothing it relied on can change in between). Live facts
+//! use it to re-validate the stored facts against a reloaded schema.
 
 mod watch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -42,6 +48,25 @@ pub struct ReloadError {
     pub diagnostics: Vec<Diagnostic>,
 }
 
+/// What an [`Admit`] check holds until its candidate is swapped in.
+pub trait Hold {}
+impl<T> Hold for T {}
+
+/// A check every candidate snapshot must pass before it serves, beyond the
+/// files being valid (installed with [`Live::set_admit`]).
+pub trait Admit: Send + Sync {
+    /// Check `candidate`, which is to replace `current`. Admitted: a hold
+    /// that [`Live::reload`] keeps until the candidate is swapped in.
+    /// Refused: why, as diagnostics; the reload fails like one whose files
+    /// are invalid, and `current` keeps serving. Called with reloads
+    /// serialized, off the async request path (it may block).
+    fn admit<'a>(
+        &'a self,
+        current: &Snapshot,
+        candidate: &Snapshot,
+    ) -> Result<Box<dyn Hold + 'a>, Diagnostics>;
+}
+
 /// The served snapshot and the state of reloading.
 pub struct Live {
     paths: Paths,
@@ -55,6 +80,8 @@ pub struct Live {
     serial: Mutex<()>,
     /// How the files are watched, while they are.
     watching: ArcSwap<Option<WatchConfig>>,
+    /// The check candidates must pass (weak: its owner keeps it alive).
+    admit: Mutex<Option<Weak<dyn Admit>>>,
 }
 
 impl Live {
@@ -75,7 +102,22 @@ impl Live {
             started_at: SystemTime::now(),
             serial: Mutex::new(()),
             watching: ArcSwap::from_pointee(None),
+            admit: Mutex::new(None),
         }
+    }
+
+    /// Check every later candidate snapshot with `admit` before it is
+    /// swapped in. Held weakly: the check ends when its owner drops it.
+    pub fn set_admit(&self, admit: Weak<dyn Admit>) {
+        *self.admit.lock().unwrap_or_else(PoisonError::into_inner) = Some(admit);
+    }
+
+    fn admit_check(&self) -> Option<Arc<dyn Admit>> {
+        self.admit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(Weak::upgrade)
     }
 
     /// The snapshot to decide a request against.
@@ -143,8 +185,21 @@ impl Live {
                 Ok(current)
             }
             Ok(Some(snapshot)) => {
+                let admit = self.admit_check();
+                let admitted = match &admit {
+                    None => Ok(None),
+                    Some(check) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        check.admit(&current, &snapshot).map(Some)
+                    }))
+                    .unwrap_or_else(|panic| Err(panicked(panic.as_ref()))),
+                };
+                let hold = match admitted {
+                    Ok(hold) => hold,
+                    Err(diags) => return Err(self.failed(diags, started, &current)),
+                };
                 let snapshot = Arc::new(snapshot);
                 self.current.store(snapshot.clone());
+                drop(hold);
                 self.last_error.store(Arc::new(None));
                 // Counted last: who sees the count sees the state.
                 self.reloads.fetch_add(1, Ordering::Release);
@@ -160,26 +215,29 @@ impl Live {
                 );
                 Ok(snapshot)
             }
-            Err(diags) => {
-                let summary = diags.first_summary();
-                tracing::error!(
-                    error = %summary,
-                    millis = started.elapsed().as_millis() as u64,
-                    "reload failed; still serving generation {} (stale)",
-                    current.generation
-                );
-                for d in diags.errors() {
-                    tracing::error!("{}", d.summary());
-                }
-                self.last_error.store(Arc::new(Some(ReloadError {
-                    at: SystemTime::now(),
-                    summary,
-                    diagnostics: diags.0.clone(),
-                })));
-                self.failures.fetch_add(1, Ordering::Release);
-                Err(diags)
-            }
+            Err(diags) => Err(self.failed(diags, started, &current)),
         }
+    }
+
+    /// Record a failed reload attempt (the current snapshot keeps serving).
+    fn failed(&self, diags: Diagnostics, started: Instant, current: &Snapshot) -> Diagnostics {
+        let summary = diags.first_summary();
+        tracing::error!(
+            error = %summary,
+            millis = started.elapsed().as_millis() as u64,
+            "reload failed; still serving generation {} (stale)",
+            current.generation
+        );
+        for d in diags.errors() {
+            tracing::error!("{}", d.summary());
+        }
+        self.last_error.store(Arc::new(Some(ReloadError {
+            at: SystemTime::now(),
+            summary,
+            diagnostics: diags.0.clone(),
+        })));
+        self.failures.fetch_add(1, Ordering::Release);
+        diags
     }
 }
 
@@ -237,5 +295,117 @@ pub mod rfc3339 {
 
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format(*t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+
+    /// A live snapshot of a copy of the shipped model.
+    fn live() -> (tempfile::TempDir, Live) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for sub in ["policies", "schema", "entities"] {
+            copy(&root.join(sub), &dir.path().join(sub));
+        }
+        let paths = Paths {
+            policies: dir.path().join("policies"),
+            schema: dir.path().join("schema"),
+            entities: dir.path().join("entities"),
+            routes: None,
+        };
+        (dir, Live::load(paths).unwrap())
+    }
+
+    fn touch_policies(live: &Live, n: usize) {
+        let file = live.paths().policies.join("extra.cedar");
+        std::fs::write(
+            file,
+            format!("@id(\"extra-{n}\")\nforbid (principal, action, resource) when {{ false }};\n"),
+        )
+        .unwrap();
+    }
+
+    /// Refuses every candidate while `refuse` is set; otherwise admits it
+    /// and, when the hold drops, records whether the candidate was served.
+    struct Check {
+        live: std::sync::Weak<Live>,
+        refuse: AtomicBool,
+        served_at_drop: Mutex<Vec<bool>>,
+    }
+
+    struct Recorder<'a> {
+        check: &'a Check,
+        generation: u64,
+    }
+
+    impl Drop for Recorder<'_> {
+        fn drop(&mut self) {
+            let live = self.check.live.upgrade().unwrap();
+            let served = live.snapshot().generation == self.generation;
+            self.check.served_at_drop.lock().unwrap().push(served);
+        }
+    }
+
+    impl Admit for Check {
+        fn admit<'a>(
+            &'a self,
+            _current: &Snapshot,
+            candidate: &Snapshot,
+        ) -> Result<Box<dyn Hold + 'a>, Diagnostics> {
+            if self.refuse.load(Ordering::Relaxed) {
+                let mut d = Diagnostics::default();
+                d.push(Diagnostic::plain(None, None, "refused by the check"));
+                return Err(d);
+            }
+            Ok(Box::new(Recorder {
+                check: self,
+                generation: candidate.generation,
+            }))
+        }
+    }
+
+    #[test]
+    fn a_refused_candidate_keeps_the_last_good_one_and_a_hold_lasts_until_the_swap() {
+        let (_dir, live) = live();
+        let live = Arc::new(live);
+        let check = Arc::new(Check {
+            live: Arc::downgrade(&live),
+            refuse: AtomicBool::new(true),
+            served_at_drop: Mutex::new(Vec::new()),
+        });
+        let weak: Weak<dyn Admit> = Arc::downgrade(&check) as _;
+        live.set_admit(weak);
+        let before = live.snapshot().generation;
+        touch_policies(&live, 1);
+        let refused = live.reload().unwrap_err();
+        assert!(refused.first_summary().ends_with("refused by the check"));
+        assert_eq!(live.snapshot().generation, before);
+        assert_eq!(live.counts(), (0, 1));
+        let summary = live.last_error().unwrap().summary;
+        assert!(summary.ends_with("refused by the check"), "{summary}");
+        check.refuse.store(false, Ordering::Relaxed);
+        let served = live.reload().unwrap();
+        assert!(served.generation > before);
+        assert_eq!(live.counts(), (1, 1));
+        assert!(live.last_error().is_none());
+        assert_eq!(*check.served_at_drop.lock().unwrap(), vec![true]);
+        // Once its owner drops the check, candidates are no longer checked.
+        check.refuse.store(true, Ordering::Relaxed);
+        drop(check);
+        touch_policies(&live, 2);
+        assert!(live.reload().is_ok());
     }
 }

@@ -10,23 +10,22 @@
 //! the large ones such as "every workspace whose default role grants
 //! `see_flows`".
 
-use cedar_policy::{Entities, EntityTypeName, EntityUid, EvalResult};
+use cedar_policy::{EntityTypeName, EntityUid, EvalResult};
 
+use super::source::{Source, Target};
 use crate::search_index::plan::{Link, RelOp, Req, Term, Var};
-use crate::search_index::relations::{Relations, Target};
 
 /// Candidates of the unknown side.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Cand {
+pub(crate) enum Cand<Id> {
     All,
-    /// Sorted, unique numbers of stored entities of the wanted type.
-    Some(Vec<u32>),
+    /// Sorted, unique ids of stored entities of the wanted type.
+    Some(Vec<Id>),
 }
 
 /// What is known and what is searched.
-pub(crate) struct Ctx<'a> {
-    pub rel: &'a Relations,
-    pub entities: &'a Entities,
+pub(crate) struct Ctx<'a, S: Source> {
+    pub facts: &'a S,
     pub known_var: Var,
     pub known: &'a EntityUid,
     /// The request's action (the value of `action` in a condition).
@@ -46,7 +45,7 @@ enum Val {
     Other,
 }
 
-impl Ctx<'_> {
+impl<S: Source> Ctx<'_, S> {
     fn unknown_var(&self) -> Var {
         match self.known_var {
             Var::Principal => Var::Resource,
@@ -59,7 +58,7 @@ impl Ctx<'_> {
     }
 
     /// Candidates for `req`.
-    pub(crate) fn generate(&self, req: &Req) -> Cand {
+    pub(crate) fn generate(&self, req: &Req) -> Cand<S::Id> {
         match req {
             Req::Any => Cand::All,
             Req::Never => Cand::Some(Vec::new()),
@@ -96,8 +95,8 @@ impl Ctx<'_> {
                             .map(|(_, r)| r)
                             .collect();
                         ids.retain(|id| {
-                            let uid = self.rel.uid(*id);
-                            rest.iter().all(|r| self.check(r, Some(uid)))
+                            let uid = self.facts.uid(id);
+                            rest.iter().all(|r| self.check(r, Some(&uid)))
                         });
                         return Cand::Some(ids);
                     }
@@ -209,12 +208,10 @@ impl Ctx<'_> {
                 // Cedar's `getTag` errors on a missing entity or tag and on
                 // operands of the wrong type.
                 Some(match (holder, key) {
-                    (Val::Entity(h), Val::Str(k)) => {
-                        match self.entities.get(&h).and_then(|e| e.tag(&k)) {
-                            Some(Ok(v)) => to_val(&v),
-                            _ => Val::Fail,
-                        }
-                    }
+                    (Val::Entity(h), Val::Str(k)) => match self.facts.tag(&h, &k) {
+                        Some(v) => to_val(&v),
+                        None => Val::Fail,
+                    },
                     _ => Val::Fail,
                 })
             }
@@ -226,12 +223,10 @@ impl Ctx<'_> {
         let mut cur = EvalResult::EntityUid(root.clone());
         for attr in path {
             cur = match cur {
-                EvalResult::EntityUid(uid) => {
-                    match self.entities.get(&uid).and_then(|e| e.attr(attr)) {
-                        Some(Ok(v)) => v,
-                        _ => return Val::Fail,
-                    }
-                }
+                EvalResult::EntityUid(uid) => match self.facts.attr(&uid, attr) {
+                    Some(v) => v,
+                    None => return Val::Fail,
+                },
                 EvalResult::Record(r) => match r.get(attr) {
                     Some(v) => v.clone(),
                     None => return Val::Fail,
@@ -290,9 +285,7 @@ impl Ctx<'_> {
                     return true;
                 };
                 match (h, k) {
-                    (Val::Entity(h), Val::Str(k)) => {
-                        self.entities.get(&h).is_some_and(|e| e.tag(&k).is_some())
-                    }
+                    (Val::Entity(h), Val::Str(k)) => self.facts.tag(&h, &k).is_some(),
                     (Val::Fail, _) | (_, Val::Fail) => false,
                     _ => true,
                 }
@@ -302,38 +295,35 @@ impl Ctx<'_> {
 
     /// `e in any of sups`, as Cedar decides it on the stored hierarchy.
     fn is_in(&self, e: &EntityUid, sups: &[EntityUid]) -> bool {
-        if sups.contains(e) {
-            return true;
-        }
-        self.entities
-            .ancestors(e)
-            .is_some_and(|mut a| a.any(|x| sups.contains(x)))
+        self.facts.is_in(e, sups)
     }
 
-    fn targets(&self, vals: impl IntoIterator<Item = Val>) -> Vec<Target> {
+    fn targets(&self, vals: impl IntoIterator<Item = Val>) -> Vec<Target<S::Id>> {
         vals.into_iter()
             .filter_map(|v| match v {
-                Val::Entity(u) => self.rel.id(&u).map(Target::Entity),
-                Val::Str(s) => self.rel.str_id(&s).map(Target::Str),
+                Val::Entity(u) => self.facts.id(&u).map(Target::Entity),
+                Val::Str(s) => Some(Target::Str(s)),
                 _ => None,
             })
             .collect()
     }
 
-    fn entity_targets(&self, ids: impl IntoIterator<Item = u32>) -> Vec<Target> {
+    fn entity_targets(&self, ids: impl IntoIterator<Item = S::Id>) -> Vec<Target<S::Id>> {
         ids.into_iter().map(Target::Entity).collect()
     }
 
     /// Keep the stored entities of the wanted type.
-    fn of_type(&self, ids: Vec<u32>) -> Cand {
-        let range = self.rel.of_type(self.unknown_type);
-        let mut ids: Vec<u32> = ids.into_iter().filter(|i| range.contains(i)).collect();
+    fn of_type(&self, ids: Vec<S::Id>) -> Cand<S::Id> {
+        let mut ids: Vec<S::Id> = ids
+            .into_iter()
+            .filter(|i| self.facts.is_stored_of_type(i, self.unknown_type))
+            .collect();
         ids.sort_unstable();
         ids.dedup();
         Cand::Some(ids)
     }
 
-    fn generate_link(&self, link: &Link) -> Cand {
+    fn generate_link(&self, link: &Link) -> Cand<S::Id> {
         if !self.link_mentions_unknown(link) {
             return if self.check_link(link, None) {
                 Cand::All
@@ -388,7 +378,7 @@ impl Ctx<'_> {
                     (RelOp::Member, true, Val::Set(items)) => self.targets(items),
                     _ => return Cand::All,
                 };
-                self.of_type(self.rel.walk_back(&targets, path))
+                self.of_type(self.facts.walk_back(&targets, path))
             }
             Link::Tag { holder, key } => {
                 let unknown_holds = self.depends_on_unknown(holder);
@@ -408,42 +398,41 @@ impl Ctx<'_> {
                 };
                 let targets = match (unknown_holds, known) {
                     (_, Val::Fail) => return Cand::Some(Vec::new()),
-                    (true, Val::Str(k)) => match self.rel.str_id(&k) {
-                        Some(k) => self.entity_targets(self.rel.tag_holders(k).iter().copied()),
-                        None => Vec::new(),
-                    },
+                    (true, Val::Str(k)) => self.entity_targets(self.facts.tag_holders(&k)),
                     (false, Val::Entity(h)) => {
-                        let keys: Vec<Val> = self
-                            .entities
-                            .get(&h)
-                            .map(|e| e.tags().map(|(k, _)| Val::Str(k.to_string())).collect())
-                            .unwrap_or_default();
+                        let keys: Vec<Val> =
+                            self.facts.tag_keys(&h).into_iter().map(Val::Str).collect();
                         self.targets(keys)
                     }
                     (true, Val::Entity(_)) | (false, Val::Str(_)) => return Cand::Some(Vec::new()),
                     _ => return Cand::All,
                 };
-                self.of_type(self.rel.walk_back(&targets, path))
+                self.of_type(self.facts.walk_back(&targets, path))
             }
         }
     }
 
-    fn with_descendants(&self, sups: &[EntityUid]) -> Vec<Target> {
+    fn with_descendants(&self, sups: &[EntityUid]) -> Vec<Target<S::Id>> {
         let mut out = Vec::new();
         for s in sups {
-            if let Some(id) = self.rel.id(s) {
+            if let Some(id) = self.facts.id(s) {
+                out.extend(self.facts.descendants(&id).into_iter().map(Target::Entity));
                 out.push(Target::Entity(id));
-                out.extend(self.rel.descendants(id).iter().map(|d| Target::Entity(*d)));
             }
         }
         out
     }
 
-    fn with_ancestors(&self, e: &EntityUid) -> Vec<Target> {
-        let mut out: Vec<Target> = self.rel.id(e).map(Target::Entity).into_iter().collect();
-        if let Some(ancestors) = self.entities.ancestors(e) {
-            out.extend(ancestors.filter_map(|a| self.rel.id(a)).map(Target::Entity));
-        }
+    fn with_ancestors(&self, e: &EntityUid) -> Vec<Target<S::Id>> {
+        let mut out: Vec<Target<S::Id>> =
+            self.facts.id(e).map(Target::Entity).into_iter().collect();
+        out.extend(
+            self.facts
+                .ancestors(e)
+                .iter()
+                .filter_map(|a| self.facts.id(a))
+                .map(Target::Entity),
+        );
         out
     }
 }

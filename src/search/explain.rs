@@ -10,9 +10,10 @@
 //! module does not know, a grant is explained by the policy and its source
 //! location only.
 
-use cedar_policy::{Entities, EntityId, EntityTypeName, EntityUid, EvalResult, PolicyId};
+use cedar_policy::{EntityId, EntityTypeName, EntityUid, EvalResult, PolicyId};
 use serde::Serialize;
 
+use super::source::{Loaded, Source};
 use crate::snapshot::Snapshot;
 
 /// One policy that granted an action, and the facts that made it true.
@@ -43,14 +44,14 @@ pub struct WorkspaceInfo {
 /// holds (R10).
 const COLLABORATOR: &str = "collaborator";
 
-struct Facts<'a> {
-    entities: &'a Entities,
+struct Facts<'a, S: Source> {
+    src: &'a S,
     ns: String,
 }
 
-impl Facts<'_> {
+impl<S: Source> Facts<'_, S> {
     fn attr(&self, e: &EntityUid, name: &str) -> Option<EvalResult> {
-        self.entities.get(e)?.attr(name)?.ok()
+        self.src.attr(e, name)
     }
 
     fn entity_attr(&self, e: &EntityUid, name: &str) -> Option<EntityUid> {
@@ -68,11 +69,7 @@ impl Facts<'_> {
     }
 
     fn is_in(&self, e: &EntityUid, group: &EntityUid) -> bool {
-        e == group
-            || self
-                .entities
-                .ancestors(e)
-                .is_some_and(|mut a| a.any(|x| x == group))
+        self.src.is_in(e, std::slice::from_ref(group))
     }
 
     fn is_type(&self, e: &EntityUid, basename: &str) -> bool {
@@ -95,7 +92,7 @@ impl Facts<'_> {
     /// applies there and grants `action`.
     fn explicit(&self, p: &EntityUid, ws: &EntityUid, action: &EntityUid) -> Option<String> {
         let key = self.string_attr(ws, "key")?;
-        let role = match self.entities.get(p)?.tag(&key)?.ok()? {
+        let role = match self.src.tag(p, &key)? {
             EvalResult::EntityUid(r) => r,
             _ => return None,
         };
@@ -158,7 +155,26 @@ pub fn explain(
     resource: &EntityUid,
     policies: &[String],
 ) -> Vec<Because> {
-    let facts = model(snap);
+    explain_in(
+        snap,
+        &Loaded::of(snap),
+        principal,
+        action,
+        resource,
+        policies,
+    )
+}
+
+/// [`explain`] on the facts of `src`.
+pub fn explain_in<S: Source>(
+    snap: &Snapshot,
+    src: &S,
+    principal: &EntityUid,
+    action: &EntityUid,
+    resource: &EntityUid,
+    policies: &[String],
+) -> Vec<Because> {
+    let facts = model(snap, src);
     policies
         .iter()
         .map(|policy| {
@@ -182,15 +198,15 @@ pub fn explain(
         .collect()
 }
 
-fn model(snap: &Snapshot) -> Option<Facts<'_>> {
+fn model<'a, S: Source>(snap: &Snapshot, src: &'a S) -> Option<Facts<'a, S>> {
     crate::domain::applies(&snap.schema).then(|| Facts {
-        entities: &snap.entities,
+        src,
         ns: "Prefect".to_string(),
     })
 }
 
-fn facts_for(
-    f: &Facts<'_>,
+fn facts_for<S: Source>(
+    f: &Facts<'_, S>,
     policy: &str,
     p: &EntityUid,
     action: &EntityUid,
@@ -237,7 +253,17 @@ pub fn workspace_info(
     principal: &EntityUid,
     workspace: &EntityUid,
 ) -> Option<WorkspaceInfo> {
-    let f = model(snap)?;
+    workspace_info_in(snap, &Loaded::of(snap), principal, workspace)
+}
+
+/// [`workspace_info`] on the facts of `src`.
+pub fn workspace_info_in<S: Source>(
+    snap: &Snapshot,
+    src: &S,
+    principal: &EntityUid,
+    workspace: &EntityUid,
+) -> Option<WorkspaceInfo> {
+    let f = model(snap, src)?;
     let handle = f.string_attr(workspace, "handle");
     if let Some(owner) = f.entity_attr(workspace, "owner") {
         let kind = if &owner == principal {

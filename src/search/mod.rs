@@ -47,9 +47,12 @@
 //!    ([`Strategy::Scan`], with the policies that forced it in
 //!    [`Page::unindexed`]). Still exact, only slower.
 //!
-//! Search decides against the loaded facts only, with the request's
-//! context, and lists stored entities only (an entity the facts never
-//! mention cannot be listed, although `is_authorized` may allow it).
+//! Search decides against the facts of a [`Source`] only (the snapshot's
+//! loaded entities, [`Loaded`], or live facts at one revision,
+//! [`live::LiveSource`]), with the request's context, and lists stored
+//! entities only (an entity the facts never mention cannot be listed,
+//! although `is_authorized` may allow it). Every search function has an
+//! `_in` form that takes the source; the plain one searches the snapshot.
 //!
 //! # Pages
 //!
@@ -60,11 +63,17 @@
 //! facts or policies were reloaded), from another search or tampered with is
 //! rejected with `invalid_page_token` (HTTP 400): the client restarts without
 //! a token. Restarting silently would mix two generations in one listing.
+//! On live facts the generation still binds a token (policies and schema),
+//! but the facts move by revision without a reload: the cursor is the last
+//! entity's uid, and the next page lists what follows it in the facts of
+//! its own request (each page states its revision).
 //! `limit` defaults to [`DEFAULT_LIMIT`] and is capped at [`MAX_LIMIT`] (a
 //! PDP may return fewer results than asked, with a next token).
 
 mod candidates;
 pub mod explain;
+pub mod live;
+pub mod source;
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::UNIX_EPOCH;
@@ -78,6 +87,7 @@ use crate::search_index::plan::Var;
 pub use crate::search_index::{Relations, SearchIndex};
 use crate::snapshot::Snapshot;
 use candidates::{Cand, Ctx};
+pub use source::{Loaded, Source};
 
 /// Results per page when the request does not say.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -140,14 +150,25 @@ fn page_error(message: impl Into<String>) -> RequestError {
     RequestError::new("invalid_page_token", "page.token", message)
 }
 
+/// The longest cursor a token carries (an entity's uid, on live facts).
+const MAX_CURSOR: usize = 4096;
+
+fn malformed() -> RequestError {
+    page_error("malformed page token: pass back `page.next_token` unchanged")
+}
+
 /// The cursor a token carries, checked against this snapshot and search.
-fn read_token(snap: &Snapshot, fingerprint: &[u8; 32], token: &str) -> Result<u32, RequestError> {
+fn read_token(
+    snap: &Snapshot,
+    fingerprint: &[u8; 32],
+    token: &str,
+) -> Result<Vec<u8>, RequestError> {
     let bytes = hex::decode(token.trim())
         .ok()
-        .filter(|b| b.len() == 21 && b[0] == 1)
-        .ok_or_else(|| page_error("malformed page token: pass back `page.next_token` unchanged"))?;
+        .filter(|b| b.len() >= 17 && b.len() <= 17 + MAX_CURSOR && b[0] == 1)
+        .ok_or_else(malformed)?;
     let generation = u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes"));
-    let cursor = u32::from_be_bytes(bytes[9..13].try_into().expect("4 bytes"));
+    let (cursor, sum) = bytes[9..].split_at(bytes.len() - 17);
     if generation != snap.generation {
         return Err(page_error(format!(
             "expired page token: it belongs to generation {generation}, and the policies or facts \
@@ -155,24 +176,24 @@ fn read_token(snap: &Snapshot, fingerprint: &[u8; 32], token: &str) -> Result<u3
             snap.generation
         )));
     }
-    if bytes[13..] != check(snap, fingerprint, cursor) {
+    if sum != check(snap, fingerprint, cursor) {
         return Err(page_error(
             "page token does not belong to this search (its parameters changed, or the server \
              restarted); restart the search without a token",
         ));
     }
-    Ok(cursor)
+    Ok(cursor.to_vec())
 }
 
-fn write_token(snap: &Snapshot, fingerprint: &[u8; 32], cursor: u32) -> String {
+fn write_token(snap: &Snapshot, fingerprint: &[u8; 32], cursor: &[u8]) -> String {
     let mut bytes = vec![1u8];
     bytes.extend(snap.generation.to_be_bytes());
-    bytes.extend(cursor.to_be_bytes());
+    bytes.extend(cursor);
     bytes.extend(check(snap, fingerprint, cursor));
     hex::encode(bytes)
 }
 
-fn check(snap: &Snapshot, fingerprint: &[u8; 32], cursor: u32) -> [u8; 8] {
+fn check(snap: &Snapshot, fingerprint: &[u8; 32], cursor: &[u8]) -> [u8; 8] {
     let loaded = snap
         .loaded_at
         .duration_since(UNIX_EPOCH)
@@ -182,7 +203,7 @@ fn check(snap: &Snapshot, fingerprint: &[u8; 32], cursor: u32) -> [u8; 8] {
     h.update(loaded.to_be_bytes());
     h.update(snap.generation.to_be_bytes());
     h.update(fingerprint);
-    h.update(cursor.to_be_bytes());
+    h.update(cursor);
     h.finalize()[..8].try_into().expect("8 bytes")
 }
 
@@ -196,7 +217,7 @@ fn fingerprint(parts: &[&str]) -> [u8; 32] {
 }
 
 struct Paging {
-    cursor: Option<u32>,
+    cursor: Option<Vec<u8>>,
     limit: usize,
     fingerprint: [u8; 32],
 }
@@ -259,22 +280,22 @@ fn not_applicable(
 }
 
 /// Candidates of the unknown side for several actions.
-struct Candidates {
+struct Candidates<Id> {
     /// The union, sorted.
-    all: Vec<u32>,
+    all: Vec<Id>,
     /// Per action (in the order asked): `None` when it needs a scan.
-    by_action: Vec<Option<Vec<u32>>>,
+    by_action: Vec<Option<Vec<Id>>>,
     strategy: Strategy,
     /// Permit policies that forced a scan, sorted.
     unindexed: Vec<String>,
 }
 
-impl Candidates {
+impl<Id: Ord> Candidates<Id> {
     /// Can action number `i` be allowed on candidate `id`?
-    fn may(&self, i: usize, id: u32) -> bool {
+    fn may(&self, i: usize, id: &Id) -> bool {
         match &self.by_action[i] {
             None => true,
-            Some(ids) => ids.binary_search(&id).is_ok(),
+            Some(ids) => ids.binary_search(id).is_ok(),
         }
     }
 }
@@ -282,22 +303,22 @@ impl Candidates {
 /// The candidates of the unknown side for `actions`: the union, over the
 /// permit policies that can match each action, of each policy's candidates
 /// (each policy generated once).
-fn candidates(
+fn candidates<S: Source>(
     snap: &Snapshot,
+    facts: &S,
     known_var: Var,
     known: &EntityUid,
     actions: &[&EntityUid],
     unknown_type: &EntityTypeName,
-) -> Candidates {
+) -> Candidates<S::Id> {
     // Candidates per policy, and per action for the policies whose
     // condition reads the action.
-    let mut memo: HashMap<(PolicyId, Option<EntityUid>), Cand> = HashMap::new();
+    let mut memo: HashMap<(PolicyId, Option<EntityUid>), Cand<S::Id>> = HashMap::new();
     let mut unindexed: BTreeSet<String> = BTreeSet::new();
     let mut by_action = Vec::with_capacity(actions.len());
     for action in actions {
         let ctx = Ctx {
-            rel: &snap.search.relations,
-            entities: &snap.entities,
+            facts,
             known_var,
             known,
             action,
@@ -307,7 +328,7 @@ fn candidates(
             Some(ap) => &ap.policies,
             None => &snap.policies,
         };
-        let mut ids: Option<Vec<u32>> = Some(Vec::new());
+        let mut ids: Option<Vec<S::Id>> = Some(Vec::new());
         for policy in set.policies().filter(|p| p.effect() == Effect::Permit) {
             let req = snap.search.plans.get(policy.id());
             let key = (
@@ -325,7 +346,7 @@ fn candidates(
                 }
                 Cand::Some(found) => {
                     if let Some(ids) = ids.as_mut() {
-                        ids.extend(found.iter().copied());
+                        ids.extend(found.iter().cloned());
                     }
                 }
             }
@@ -337,12 +358,12 @@ fn candidates(
         by_action.push(ids);
     }
     let (all, strategy) = if unindexed.is_empty() {
-        let mut all: Vec<u32> = by_action.iter().flatten().flatten().copied().collect();
+        let mut all: Vec<S::Id> = by_action.iter().flatten().flatten().cloned().collect();
         all.sort_unstable();
         all.dedup();
         (all, Strategy::Index)
     } else {
-        let all = snap.search.relations.of_type(unknown_type).collect();
+        let all = facts.of_type(unknown_type);
         (all, Strategy::Scan)
     };
     Candidates {
@@ -355,23 +376,30 @@ fn candidates(
 
 /// Decide the candidates after the cursor in order, keeping the allowed
 /// ones up to the page's limit.
-fn collect<T>(
+/// `cursor` reads a token's cursor back (none: malformed), `encode` writes
+/// one.
+fn collect<T, Id: Ord + Clone>(
     snap: &Snapshot,
-    cands: &[u32],
+    cands: &[Id],
     paging: &Paging,
-    mut decide: impl FnMut(u32) -> Result<Option<T>, RequestError>,
+    cursor: impl Fn(&[u8]) -> Option<Id>,
+    encode: impl Fn(&Id) -> Vec<u8>,
+    mut decide: impl FnMut(&Id) -> Result<Option<T>, RequestError>,
 ) -> Result<(Vec<T>, Option<String>), RequestError> {
-    let start = match paging.cursor {
-        Some(c) => cands.partition_point(|x| *x <= c),
+    let start = match &paging.cursor {
+        Some(c) => {
+            let c = cursor(c).ok_or_else(malformed)?;
+            cands.partition_point(|x| *x <= c)
+        }
         None => 0,
     };
     let mut items = Vec::new();
     let mut last = None;
-    for &id in &cands[start..] {
+    for id in &cands[start..] {
         if let Some(item) = decide(id)? {
             if items.len() == paging.limit {
-                let cursor = last.expect("a full page has a last item");
-                return Ok((items, Some(write_token(snap, &paging.fingerprint, cursor))));
+                let cursor = encode(last.expect("a full page has a last item"));
+                return Ok((items, Some(write_token(snap, &paging.fingerprint, &cursor))));
             }
             items.push(item);
             last = Some(id);
@@ -406,8 +434,30 @@ pub fn resources(
     context: &serde_json::Value,
     page: &PageRequest,
 ) -> Result<Page<Hit>, RequestError> {
+    resources_in(
+        snap,
+        &Loaded::of(snap),
+        principal,
+        action,
+        resource_type,
+        context,
+        page,
+    )
+}
+
+/// [`resources`] on the facts of `facts`.
+pub fn resources_in<S: Source>(
+    snap: &Snapshot,
+    facts: &S,
+    principal: &EntityUid,
+    action: &EntityUid,
+    resource_type: &EntityTypeName,
+    context: &serde_json::Value,
+    page: &PageRequest,
+) -> Result<Page<Hit>, RequestError> {
     search_unknown(
         snap,
+        facts,
         Known::Principal(principal),
         action,
         resource_type,
@@ -425,8 +475,30 @@ pub fn subjects(
     context: &serde_json::Value,
     page: &PageRequest,
 ) -> Result<Page<Hit>, RequestError> {
+    subjects_in(
+        snap,
+        &Loaded::of(snap),
+        principal_type,
+        action,
+        resource,
+        context,
+        page,
+    )
+}
+
+/// [`subjects`] on the facts of `facts`.
+pub fn subjects_in<S: Source>(
+    snap: &Snapshot,
+    facts: &S,
+    principal_type: &EntityTypeName,
+    action: &EntityUid,
+    resource: &EntityUid,
+    context: &serde_json::Value,
+    page: &PageRequest,
+) -> Result<Page<Hit>, RequestError> {
     search_unknown(
         snap,
+        facts,
         Known::Resource(resource),
         action,
         principal_type,
@@ -437,8 +509,9 @@ pub fn subjects(
 
 /// The entities of `unknown_type` that, on the side `known` leaves open,
 /// make `action` allowed.
-fn search_unknown(
+fn search_unknown<S: Source>(
     snap: &Snapshot,
+    facts: &S,
     known: Known<'_>,
     action: &EntityUid,
     unknown_type: &EntityTypeName,
@@ -495,18 +568,24 @@ fn search_unknown(
         strategy,
         unindexed,
         ..
-    } = candidates(snap, known_var, known_uid, &[action], unknown_type);
-    let rel = &snap.search.relations;
-    let mut asker = Asker::new(snap, context);
-    let (items, next_token) = collect(snap, &cands, &paging, |id| {
-        let uid = rel.uid(id);
-        let (principal, resource) = known.pair(uid);
-        let o = asker.decide(principal, action, resource)?;
-        Ok(o.allowed().then(|| Hit {
-            uid: uid.clone(),
-            policies: o.reasons,
-        }))
-    })?;
+    } = candidates(snap, facts, known_var, known_uid, &[action], unknown_type);
+    let mut asker = Asker::new(snap, facts, context);
+    let (items, next_token) = collect(
+        snap,
+        &cands,
+        &paging,
+        |c| facts.read_cursor(c),
+        |id| facts.cursor(id),
+        |id| {
+            let uid = facts.uid(id);
+            let (principal, resource) = known.pair(&uid);
+            let o = asker.decide(principal, action, resource)?;
+            Ok(o.allowed().then(|| Hit {
+                uid: uid.clone(),
+                policies: o.reasons,
+            }))
+        },
+    )?;
     Ok(Page {
         items,
         next_token,
@@ -522,16 +601,18 @@ fn search_unknown(
 /// (which validates that first request whole); later requests of the action
 /// reuse the typed context and skip Cedar's request validation, whose only
 /// other checks (the principal and resource types) `applies` made.
-struct Asker<'a> {
+struct Asker<'a, S: Source> {
     snap: &'a Snapshot,
+    facts: &'a S,
     context: &'a serde_json::Value,
     typed: HashMap<EntityUid, Context>,
 }
 
-impl<'a> Asker<'a> {
-    fn new(snap: &'a Snapshot, context: &'a serde_json::Value) -> Self {
+impl<'a, S: Source> Asker<'a, S> {
+    fn new(snap: &'a Snapshot, facts: &'a S, context: &'a serde_json::Value) -> Self {
         Asker {
             snap,
+            facts,
             context,
             typed: HashMap::new(),
         }
@@ -574,7 +655,7 @@ impl<'a> Asker<'a> {
                 q
             }
         };
-        Ok(engine::decide(self.snap, &query))
+        Ok(self.facts.decide(self.snap, &query))
     }
 }
 
@@ -592,8 +673,8 @@ fn applicable_actions<'a>(
 }
 
 /// Every action `principal` may perform on `resource`, decided one by one.
-fn grants(
-    asker: &mut Asker<'_>,
+fn grants<S: Source>(
+    asker: &mut Asker<'_, S>,
     principal: &EntityUid,
     actions: &[&EntityUid],
     resource: &EntityUid,
@@ -620,6 +701,18 @@ pub fn actions(
     context: &serde_json::Value,
     page: &PageRequest,
 ) -> Result<Page<Grant>, RequestError> {
+    actions_in(snap, &Loaded::of(snap), principal, resource, context, page)
+}
+
+/// [`actions`] on the facts of `facts`.
+pub fn actions_in<S: Source>(
+    snap: &Snapshot,
+    facts: &S,
+    principal: &EntityUid,
+    resource: &EntityUid,
+    context: &serde_json::Value,
+    page: &PageRequest,
+) -> Result<Page<Grant>, RequestError> {
     let ctx_text = context.to_string();
     let paging = paging(
         snap,
@@ -632,12 +725,19 @@ pub fn actions(
         ],
     )?;
     let all = applicable_actions(snap, principal.type_name(), resource.type_name());
-    let mut asker = Asker::new(snap, context);
+    let mut asker = Asker::new(snap, facts, context);
     let positions: Vec<u32> = (0..all.len() as u32).collect();
-    let (items, next_token) = collect(snap, &positions, &paging, |i| {
-        let action = all[i as usize];
-        Ok(grants(&mut asker, principal, &[action], resource)?.pop())
-    })?;
+    let (items, next_token) = collect(
+        snap,
+        &positions,
+        &paging,
+        |c| Some(u32::from_be_bytes(c.try_into().ok()?)),
+        |i| i.to_be_bytes().to_vec(),
+        |i| {
+            let action = all[*i as usize];
+            Ok(grants(&mut asker, principal, &[action], resource)?.pop())
+        },
+    )?;
     Ok(Page {
         items,
         next_token,
@@ -653,6 +753,25 @@ pub fn actions(
 /// as a workspace switcher).
 pub fn accessible(
     snap: &Snapshot,
+    principal: &EntityUid,
+    resource_type: &EntityTypeName,
+    context: &serde_json::Value,
+    page: &PageRequest,
+) -> Result<Page<Access>, RequestError> {
+    accessible_in(
+        snap,
+        &Loaded::of(snap),
+        principal,
+        resource_type,
+        context,
+        page,
+    )
+}
+
+/// [`accessible`] on the facts of `facts`.
+pub fn accessible_in<S: Source>(
+    snap: &Snapshot,
+    facts: &S,
     principal: &EntityUid,
     resource_type: &EntityTypeName,
     context: &serde_json::Value,
@@ -680,24 +799,27 @@ pub fn accessible(
             &ctx_text,
         ],
     )?;
-    let found = candidates(snap, Var::Principal, principal, &all, resource_type);
-    let mut asker = Asker::new(snap, context);
-    let rel = &snap.search.relations;
-    let (items, next_token) = collect(snap, &found.all, &paging, |id| {
-        let resource = rel.uid(id);
-        // Only the actions whose candidates hold this resource can be allowed.
-        let possible: Vec<&EntityUid> = all
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| found.may(*i, id))
-            .map(|(_, a)| *a)
-            .collect();
-        let grants = grants(&mut asker, principal, &possible, resource)?;
-        Ok((!grants.is_empty()).then(|| Access {
-            resource: resource.clone(),
-            grants,
-        }))
-    })?;
+    let found = candidates(snap, facts, Var::Principal, principal, &all, resource_type);
+    let mut asker = Asker::new(snap, facts, context);
+    let (items, next_token) = collect(
+        snap,
+        &found.all,
+        &paging,
+        |c| facts.read_cursor(c),
+        |id| facts.cursor(id),
+        |id| {
+            let resource = facts.uid(id);
+            // Only the actions whose candidates hold this resource can be allowed.
+            let possible: Vec<&EntityUid> = all
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| found.may(*i, id))
+                .map(|(_, a)| *a)
+                .collect();
+            let grants = grants(&mut asker, principal, &possible, &resource)?;
+            Ok((!grants.is_empty()).then_some(Access { resource, grants }))
+        },
+    )?;
     Ok(Page {
         items,
         next_token,
