@@ -786,34 +786,53 @@ fn a_sidecar_whose_schema_refuses_the_stores_changes_keeps_its_last_good_facts_a
     };
     let url = runtime().block_on(pg.database("diverged"));
     import(&url);
-    let (a_child, a) = serve(Some(&url), None, &[]);
+    // A's schema gives users an optional phone number; B's (the shipped
+    // one) does not know it. The stored facts conform to both, so both
+    // start; A's write of a phone number is one B cannot take.
+    let spawn = |paths: &orgwarden::Paths, entities: &Path| {
+        let mut command = serve_command(
+            &paths.policies,
+            &paths.schema,
+            entities,
+            &[
+                "--no-watch",
+                "--consistency-wait-ms",
+                "500",
+                "--facts-poll-ms",
+                "200",
+                "--facts",
+                &url,
+                "--facts-token",
+                TOKEN,
+            ],
+        );
+        command
+            .env_remove("ORGWARDEN_FACTS")
+            .env_remove("ORGWARDEN_FACTS_TOKEN");
+        let (child, addr) = spawn_serve(command, Duration::from_secs(60));
+        (Sidecar(child), format!("http://{addr}"))
+    };
+    let user_decl = "entity User in [Organization, OrgAdmins] = {\n    email: String,";
+    let with_phone = |schema: &str| {
+        schema.replace(
+            user_decl,
+            "entity User in [Organization, OrgAdmins] = {\n    email: String,\n    phone?: String,",
+        )
+    };
+    let (a_dir, a_paths) = common::copy_of_shipped();
+    let a_schema = a_paths.schema.join("prefect.cedarschema");
+    let original = std::fs::read_to_string(&a_schema).unwrap();
+    assert!(original.contains(user_decl));
+    std::fs::write(&a_schema, with_phone(&original)).unwrap();
+    let a_entities = a_dir.path().join("no-entities");
+    std::fs::create_dir_all(&a_entities).unwrap();
+    let (a_child, a) = spawn(&a_paths, &a_entities);
     // B decides on the store's facts with a schema of its own (and no
     // entity files: its facts come from the store).
     let (dir, paths) = common::copy_of_shipped();
     let empty = dir.path().join("no-entities");
     std::fs::create_dir_all(&empty).unwrap();
-    let mut command = serve_command(
-        &paths.policies,
-        &paths.schema,
-        &empty,
-        &[
-            "--no-watch",
-            "--consistency-wait-ms",
-            "500",
-            "--facts-poll-ms",
-            "200",
-            "--facts",
-            &url,
-            "--facts-token",
-            TOKEN,
-        ],
-    );
-    command
-        .env_remove("ORGWARDEN_FACTS")
-        .env_remove("ORGWARDEN_FACTS_TOKEN");
-    let (b_child, b_addr) = spawn_serve(command, Duration::from_secs(60));
-    let b_child = Sidecar(b_child);
-    let b = format!("http://{b_addr}");
+    let (b_child, b) = spawn(&paths, &empty);
     let generation = |base: &str| get(base, "/v1/status").body["generation"].as_u64().unwrap();
     let reload = |text: &str| {
         let before = generation(&b);
@@ -828,14 +847,9 @@ fn a_sidecar_whose_schema_refuses_the_stores_changes_keeps_its_last_good_facts_a
         );
         eventually("B reloads its schema", || generation(&b) > before);
     };
-    let original = std::fs::read_to_string(paths.schema.join("prefect.cedarschema")).unwrap();
-    assert!(original.contains("entity User in [Organization, OrgAdmins] = {\n    email: String,"));
-    // B's users now need a phone number, which A's writes do not give.
-    reload(&original.replace(
-        "entity User in [Organization, OrgAdmins] = {\n    email: String,",
-        "entity User in [Organization, OrgAdmins] = {\n    email: String,\n    phone: String,",
-    ));
-    let w = write(&a, &new_member("no-phone"));
+    let mut member = new_member("with-phone");
+    member["operations"][0]["entity"]["attrs"]["phone"] = json!("+1 555 0100");
+    let w = write(&a, &member);
     assert_eq!(w.status, 200, "{}", w.body);
     let rev = w.body["revision"].as_u64().unwrap();
     eventually("B reports that it cannot apply the change", || {
@@ -848,7 +862,7 @@ fn a_sidecar_whose_schema_refuses_the_stores_changes_keeps_its_last_good_facts_a
     assert_eq!(get(&b, "/readyz").body["stale"], true);
     let d = decide(
         &b,
-        "User::\"no-phone\"",
+        "User::\"with-phone\"",
         "see_flows",
         "acme-prod",
         Some(rev),
@@ -860,15 +874,16 @@ fn a_sidecar_whose_schema_refuses_the_stores_changes_keeps_its_last_good_facts_a
     assert_eq!(refused.code(), "facts_diverged");
     assert!(metrics_text(&b).contains("orgwarden_facts_diverged 1"));
 
-    // Its schema back: it catches up.
-    reload(&original);
+    // B's schema takes phone numbers too (the facts it holds conform, so
+    // the reload is accepted): it catches up.
+    reload(&with_phone(&original));
     eventually("B catches up once its schema takes the change", || {
         let s = status(&b);
         s["revision"] == rev && s["diverged"].is_null() && s["stale"] == false
     });
     let d = decide(
         &b,
-        "User::\"no-phone\"",
+        "User::\"with-phone\"",
         "see_flows",
         "acme-prod",
         Some(rev),
