@@ -21,6 +21,7 @@ use crate::http::HttpConfig;
 use crate::load::{self, Paths};
 use crate::names::EntityRef;
 use crate::reload::WatchConfig;
+use crate::request_facts::RequestEntities;
 use crate::server::{LogFormat, ServerConfig};
 
 #[derive(Debug, Parser)]
@@ -250,6 +251,17 @@ pub struct ServeArgs {
     /// Most entities one request may bring.
     #[arg(long, env = "ORGWARDEN_MAX_REQUEST_ENTITIES", default_value_t = 1000)]
     pub max_request_entities: usize,
+    /// What the entities a decision request brings of its own may do:
+    /// `add` (new entities only; nothing the loaded facts say may change),
+    /// `replace` (cedar-agent's semantics: they replace loaded entities) or
+    /// `off` (refused).
+    #[arg(
+        long,
+        env = "ORGWARDEN_REQUEST_ENTITIES",
+        value_parser = choice::<RequestEntities>(RequestEntities::NAMES),
+        default_value = "add"
+    )]
+    pub request_entities: RequestEntities,
     /// Time limit of one HTTP request, in milliseconds.
     #[arg(long, env = "ORGWARDEN_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
     pub request_timeout_ms: u64,
@@ -336,6 +348,7 @@ impl ServeArgs {
                 },
                 facts_token: self.facts_token.clone(),
                 consistency_wait: Duration::from_millis(self.consistency_wait_ms),
+                request_entities: self.request_entities,
             },
             facts: self.facts.clone(),
             cache_size: self.cache_size,

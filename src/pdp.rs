@@ -27,6 +27,7 @@ use crate::live_facts::{At, LiveFacts};
 use crate::metrics::{DecisionLabels, ErrorLabels, Metrics};
 use crate::names::EntityRef;
 use crate::reload::Live;
+use crate::request_facts::{RequestEntities, RequestFacts};
 
 /// A decision as a server reports it.
 #[derive(Debug, Clone)]
@@ -67,6 +68,8 @@ pub struct Pdp {
     /// Store mode: the live facts decisions read instead of the snapshot's
     /// entities.
     pub facts: Option<Arc<LiveFacts>>,
+    /// What a request's own entities may do.
+    pub request_facts: RequestFacts,
 }
 
 impl Pdp {
@@ -82,7 +85,14 @@ impl Pdp {
             cache,
             log,
             facts: None,
+            request_facts: RequestFacts::new(RequestEntities::default()),
         }
+    }
+
+    /// What a request's own entities may do (default: add new ones only).
+    pub fn with_request_entities(mut self, mode: RequestEntities) -> Self {
+        self.request_facts = RequestFacts::new(mode);
+        self
     }
 
     /// Decide on live facts from a store.
@@ -170,6 +180,11 @@ impl Pdp {
 
     fn decide(&self, snap: &At, input: &RequestInput) -> Result<Decided, RequestError> {
         let started = Instant::now();
+        if input.entities.is_some() || input.additional_entities.is_some() {
+            return self
+                .decide_with_request_facts(snap, input, started)
+                .inspect_err(|e| self.count_error(e));
+        }
         let cacheable =
             self.cache.is_some() && input.entities.is_none() && input.additional_entities.is_none();
         // The key holds the context's JSON text: the engine reuses it
@@ -213,6 +228,51 @@ impl Pdp {
         })
     }
 
+    fn count_error(&self, e: &RequestError) {
+        self.metrics
+            .request_errors
+            .get_or_create(&ErrorLabels { code: e.code })
+            .inc();
+    }
+
+    /// A request with entities of its own: checked by the request-facts
+    /// policy, decided on the world they make with the facts, never cached.
+    fn decide_with_request_facts(
+        &self,
+        snap: &At,
+        input: &RequestInput,
+        started: Instant,
+    ) -> Result<Decided, RequestError> {
+        let bare = RequestInput {
+            principal: input.principal.clone(),
+            action: input.action.clone(),
+            resource: input.resource.clone(),
+            context: input.context.clone(),
+            entities: None,
+            additional_entities: None,
+        };
+        let query = engine::prepare(snap, &bare)?;
+        let world = self.request_facts.world(snap, input)?;
+        let outcome =
+            crate::facts::slice::decide(snap, &world.plan, &world.model, &world.view, &query);
+        let entry = Arc::new(Entry {
+            outcome,
+            principal: query.principal.to_string(),
+            action: query.action.to_string(),
+            resource: query.resource.to_string(),
+            request_facts: world.uids,
+        });
+        let latency = started.elapsed();
+        self.metrics.decision_seconds.observe(latency.as_secs_f64());
+        Ok(Decided {
+            decision_id: Uuid::now_v7(),
+            generation: snap.generation,
+            cached: false,
+            latency,
+            entry,
+        })
+    }
+
     /// The cache, the engine on a miss, and the latency histogram.
     fn decide_cached(
         &self,
@@ -231,12 +291,7 @@ impl Pdp {
                 if key.is_some() {
                     self.metrics.cache_misses.inc();
                 }
-                let query = prepare(key.as_ref()).inspect_err(|e| {
-                    self.metrics
-                        .request_errors
-                        .get_or_create(&ErrorLabels { code: e.code })
-                        .inc();
-                })?;
+                let query = prepare(key.as_ref()).inspect_err(|e| self.count_error(e))?;
                 let outcome = match &snap.facts {
                     Some(f) => {
                         crate::facts::slice::decide(snap, &f.plan, &f.model, &f.view, &query)
@@ -248,6 +303,7 @@ impl Pdp {
                     principal: query.principal.to_string(),
                     action: query.action.to_string(),
                     resource: query.resource.to_string(),
+                    request_facts: Vec::new(),
                 });
                 if let (Some(cache), Some(key)) = (&self.cache, key) {
                     cache.insert(key, entry.clone());

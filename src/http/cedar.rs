@@ -23,7 +23,8 @@ pub struct BatchInput {
 
 /// The cedar-agent response shape, serialized straight from the (possibly
 /// cached) decision: `{"decision", "diagnostics": {"reason", "errors"},
-/// "decision_id"}`.
+/// "decision_id"}`, and `request_facts` (the uids of the request's own
+/// entities) when the request brought any.
 pub struct ResponseBody {
     entry: Arc<Entry>,
     decision_id: Uuid,
@@ -41,10 +42,13 @@ impl Serialize for ResponseBody {
                 m.end()
             }
         }
-        let mut m = s.serialize_map(Some(3))?;
+        let mut m = s.serialize_map(None)?;
         m.serialize_entry("decision", &self.entry.outcome.decision)?;
         m.serialize_entry("diagnostics", &Diagnostics(&self.entry))?;
         m.serialize_entry("decision_id", &self.decision_id)?;
+        if !self.entry.request_facts.is_empty() {
+            m.serialize_entry("request_facts", &self.entry.request_facts)?;
+        }
         m.end()
     }
 }
@@ -73,10 +77,12 @@ pub async fn is_authorized(
     Ok((super::revision_header(&snap), Json(body)))
 }
 
-/// `{"results": [...]}`, in request order.
+/// `{"results": [...], "revision": N}`, in request order, with the fact
+/// revision every result was decided at.
 #[derive(Serialize)]
 pub struct BatchBody {
     results: Vec<ResponseBody>,
+    revision: u64,
 }
 
 /// Every request of a batch is decided against the same snapshot; an invalid
@@ -95,5 +101,9 @@ pub async fn is_authorized_batch(
             .map_err(|e| e.within(&format!("requests[{i}]")))?;
         results.push(result);
     }
-    Ok((super::revision_header(&snap), Json(BatchBody { results })))
+    let revision = snap.revision();
+    Ok((
+        super::revision_header(&snap),
+        Json(BatchBody { results, revision }),
+    ))
 }

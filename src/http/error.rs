@@ -66,8 +66,16 @@ impl ApiError {
 }
 
 impl From<RequestError> for ApiError {
+    /// 400, but 403 for request facts the server does not allow.
     fn from(e: RequestError) -> Self {
-        ApiError::bad_request(e.code, e.field, e.message)
+        let status = match e.code {
+            "protected_fact" | "request_facts_disabled" => StatusCode::FORBIDDEN,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError {
+            status,
+            ..ApiError::bad_request(e.code, e.field, e.message)
+        }
     }
 }
 

@@ -29,6 +29,7 @@ use tower_http::timeout::TimeoutLayer;
 use crate::engine::RequestInput;
 use crate::live_facts::At;
 use crate::pdp::Pdp;
+use crate::request_facts::RequestEntities;
 use error::ApiError;
 
 /// Limits and options of the HTTP server.
@@ -50,6 +51,8 @@ pub struct HttpConfig {
     /// How long a request with `Orgwarden-Min-Revision` waits for the facts
     /// to reach it before `503 stale_facts`.
     pub consistency_wait: Duration,
+    /// What a request's own entities may do (`add`: new entities only).
+    pub request_entities: RequestEntities,
 }
 
 impl Default for HttpConfig {
@@ -64,6 +67,7 @@ impl Default for HttpConfig {
             forward_auth: crate::gateway::ForwardAuthConfig::default(),
             facts_token: None,
             consistency_wait: Duration::from_millis(1000),
+            request_entities: RequestEntities::default(),
         }
     }
 }
@@ -108,6 +112,7 @@ impl App {
     pub fn new(pdp: Pdp, config: HttpConfig) -> Self {
         let admin_digest = digest(config.admin_token.as_deref());
         let facts_digest = digest(config.facts_token.as_deref());
+        let pdp = pdp.with_request_entities(config.request_entities);
         App {
             pdp,
             public_url: config.public_url.clone(),
