@@ -262,6 +262,23 @@ pub struct ServeArgs {
         default_value = "add"
     )]
     pub request_entities: RequestEntities,
+    /// Connections served at once (kept below the descriptor limit); a few
+    /// more are answered only for health checks, with 503 for the rest.
+    #[arg(long, env = "ORGWARDEN_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Time a client has to send a whole request head, in milliseconds.
+    #[arg(long, env = "ORGWARDEN_HEADER_READ_TIMEOUT_MS", default_value_t = 5000)]
+    pub header_read_timeout_ms: u64,
+    /// A connection that moves no byte for this long is closed, in milliseconds.
+    #[arg(long, env = "ORGWARDEN_IDLE_TIMEOUT_MS", default_value_t = 30000)]
+    pub idle_timeout_ms: u64,
+    /// Threads deciding requests with request facts at once (default: the cores).
+    #[arg(long, env = "ORGWARDEN_DECISION_WORKERS")]
+    pub decision_workers: Option<usize>,
+    /// Decisions with request facts that may wait for a thread; beyond them
+    /// the answer is 503 with `Retry-After`.
+    #[arg(long, env = "ORGWARDEN_DECISION_QUEUE", default_value_t = 64)]
+    pub decision_queue: usize,
     /// Time limit of one HTTP request, in milliseconds.
     #[arg(long, env = "ORGWARDEN_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
     pub request_timeout_ms: u64,
@@ -349,6 +366,15 @@ impl ServeArgs {
                 facts_token: self.facts_token.clone(),
                 consistency_wait: Duration::from_millis(self.consistency_wait_ms),
                 request_entities: self.request_entities,
+                connections: crate::http::listen::ConnLimits {
+                    max_connections: self.max_connections,
+                    header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+                    idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+                },
+                decision_workers: self
+                    .decision_workers
+                    .unwrap_or_else(crate::pdp::default_workers),
+                decision_queue: self.decision_queue,
             },
             facts: self.facts.clone(),
             cache_size: self.cache_size,

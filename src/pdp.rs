@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use moka::sync::Cache;
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 pub use crate::decision_log::Entry;
@@ -69,7 +70,31 @@ pub struct Pdp {
     /// entities.
     pub facts: Option<Arc<LiveFacts>>,
     /// What a request's own entities may do.
-    pub request_facts: RequestFacts,
+    pub request_facts: Arc<RequestFacts>,
+    /// Decisions with request facts: waiting (queue) and running permits.
+    heavy: Heavy,
+}
+
+/// The bounds of decisions with request facts, which run off the async
+/// workers: at most `run` at once, at most `queue` more waiting.
+struct Heavy {
+    queue: Arc<Semaphore>,
+    run: Arc<Semaphore>,
+}
+
+impl Heavy {
+    fn new(workers: usize, queue: usize) -> Heavy {
+        let workers = workers.max(1);
+        Heavy {
+            queue: Arc::new(Semaphore::new(workers + queue)),
+            run: Arc::new(Semaphore::new(workers)),
+        }
+    }
+}
+
+/// Threads deciding requests with request facts, by default: the cores.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 impl Pdp {
@@ -85,13 +110,21 @@ impl Pdp {
             cache,
             log,
             facts: None,
-            request_facts: RequestFacts::new(RequestEntities::default()),
+            request_facts: Arc::new(RequestFacts::new(RequestEntities::default())),
+            heavy: Heavy::new(default_workers(), 64),
         }
     }
 
     /// What a request's own entities may do (default: add new ones only).
     pub fn with_request_entities(mut self, mode: RequestEntities) -> Self {
-        self.request_facts = RequestFacts::new(mode);
+        self.request_facts = Arc::new(RequestFacts::new(mode));
+        self
+    }
+
+    /// Decisions with request facts: `workers` at once, `queue` more
+    /// waiting; beyond that a request is refused (`overloaded`, 503).
+    pub fn with_heavy_limits(mut self, workers: usize, queue: usize) -> Self {
+        self.heavy = Heavy::new(workers, queue);
         self
     }
 
@@ -125,7 +158,13 @@ impl Pdp {
         input: &RequestInput,
         api: &'static str,
     ) -> Result<Decided, RequestError> {
-        let decided = self.decide(snap, input)?;
+        let decided = if input.entities.is_some() || input.additional_entities.is_some() {
+            self.decide_with_request_facts(snap, input)
+                .await
+                .inspect_err(|e| self.count_error(e))?
+        } else {
+            self.decide(snap, input)?
+        };
         self.log(&decided, api).await;
         Ok(decided)
     }
@@ -180,11 +219,6 @@ impl Pdp {
 
     fn decide(&self, snap: &At, input: &RequestInput) -> Result<Decided, RequestError> {
         let started = Instant::now();
-        if input.entities.is_some() || input.additional_entities.is_some() {
-            return self
-                .decide_with_request_facts(snap, input, started)
-                .inspect_err(|e| self.count_error(e));
-        }
         let cacheable =
             self.cache.is_some() && input.entities.is_none() && input.additional_entities.is_none();
         // The key holds the context's JSON text: the engine reuses it
@@ -237,31 +271,38 @@ impl Pdp {
 
     /// A request with entities of its own: checked by the request-facts
     /// policy, decided on the world they make with the facts, never cached.
-    fn decide_with_request_facts(
+    /// The work grows with the entities, so it runs on a blocking thread,
+    /// bounded (a full queue refuses with `overloaded`), never on the async
+    /// workers that answer health checks.
+    async fn decide_with_request_facts(
         &self,
         snap: &At,
         input: &RequestInput,
-        started: Instant,
     ) -> Result<Decided, RequestError> {
-        let bare = RequestInput {
-            principal: input.principal.clone(),
-            action: input.action.clone(),
-            resource: input.resource.clone(),
-            context: input.context.clone(),
-            entities: None,
-            additional_entities: None,
-        };
-        let query = engine::prepare(snap, &bare)?;
-        let world = self.request_facts.world(snap, input)?;
-        let outcome =
-            crate::facts::slice::decide(snap, &world.plan, &world.model, &world.view, &query);
-        let entry = Arc::new(Entry {
-            outcome,
-            principal: query.principal.to_string(),
-            action: query.action.to_string(),
-            resource: query.resource.to_string(),
-            request_facts: world.uids,
-        });
+        let started = Instant::now();
+        let queued = self.heavy.queue.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.shed.inc();
+            RequestError::new(
+                "overloaded",
+                "request",
+                "too many decisions with request facts are waiting: retry later",
+            )
+        })?;
+        let running = self
+            .heavy
+            .run
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| RequestError::new("overloaded", "request", "shutting down"))?;
+        let (at, input, facts) = (snap.clone(), input.clone(), self.request_facts.clone());
+        let entry = tokio::task::spawn_blocking(move || {
+            // Held until the work is done, even when the request is gone.
+            let _permits = (queued, running);
+            decide_request_facts(&facts, &at, &input)
+        })
+        .await
+        .map_err(|e| RequestError::new("internal", "request", e.to_string()))??;
         let latency = started.elapsed();
         self.metrics.decision_seconds.observe(latency.as_secs_f64());
         Ok(Decided {
@@ -269,7 +310,7 @@ impl Pdp {
             generation: snap.generation,
             cached: false,
             latency,
-            entry,
+            entry: Arc::new(entry),
         })
     }
 
@@ -321,6 +362,32 @@ impl Pdp {
             entry,
         })
     }
+}
+
+/// Decide `input`, which brings entities of its own, against `snap`.
+fn decide_request_facts(
+    facts: &RequestFacts,
+    snap: &At,
+    input: &RequestInput,
+) -> Result<Entry, RequestError> {
+    let bare = RequestInput {
+        principal: input.principal.clone(),
+        action: input.action.clone(),
+        resource: input.resource.clone(),
+        context: input.context.clone(),
+        entities: None,
+        additional_entities: None,
+    };
+    let query = engine::prepare(snap, &bare)?;
+    let world = facts.world(snap, input)?;
+    let outcome = crate::facts::slice::decide(snap, &world.plan, &world.model, &world.view, &query);
+    Ok(Entry {
+        outcome,
+        principal: query.principal.to_string(),
+        action: query.action.to_string(),
+        resource: query.resource.to_string(),
+        request_facts: world.uids,
+    })
 }
 
 /// The decision-relevant parts of a request as one string, each part

@@ -93,6 +93,7 @@ pub async fn is_authorized_batch(
     JsonBody(batch): JsonBody<BatchInput>,
 ) -> Result<([(HeaderName, HeaderValue); 1], Json<BatchBody>), ApiError> {
     app.check_batch_len(batch.requests.len(), "requests")?;
+    app.check_total_entities(&batch.requests, "requests")?;
     let snap = app.at(&headers).await?;
     let mut results = Vec::with_capacity(batch.requests.len());
     for (i, input) in batch.requests.iter().enumerate() {

@@ -70,6 +70,8 @@ impl From<RequestError> for ApiError {
     fn from(e: RequestError) -> Self {
         let status = match e.code {
             "protected_fact" | "request_facts_disabled" => StatusCode::FORBIDDEN,
+            "overloaded" => StatusCode::SERVICE_UNAVAILABLE,
+            "internal" => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError {
@@ -80,8 +82,16 @@ impl From<RequestError> for ApiError {
 }
 
 impl IntoResponse for ApiError {
+    /// The JSON body; a 503 (load shed, facts behind) says when to retry.
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }
 
