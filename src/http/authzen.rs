@@ -27,6 +27,7 @@ use crate::request_facts::RequestEntities;
 /// required by an evaluation, and absent on the searched side of a search
 /// ([`super::search`]).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Entity {
     #[serde(rename = "type")]
     pub type_name: String,
@@ -51,6 +52,7 @@ impl Entity {
 
 /// An action, as every AuthZEN endpoint writes it.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Action {
     pub name: String,
     #[serde(default)]
@@ -60,6 +62,7 @@ pub struct Action {
 /// One evaluation request; in a batch, every part is optional and falls back
 /// to the request's defaults.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Evaluation {
     pub subject: Option<Entity>,
     pub action: Option<Action>,
@@ -77,19 +80,38 @@ pub enum Semantic {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Options {
     #[serde(default)]
     pub evaluations_semantic: Semantic,
 }
 
+/// A batch: the defaults every evaluation inherits, the evaluations, and
+/// the options. Unknown fields are refused, at the top level and in
+/// `options`, as the cedar-agent endpoints refuse them.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EvaluationsRequest {
-    #[serde(flatten)]
-    pub defaults: Evaluation,
+    pub subject: Option<Entity>,
+    pub action: Option<Action>,
+    pub resource: Option<Entity>,
+    pub context: Option<Map<String, Value>>,
     #[serde(default)]
     pub evaluations: Option<Vec<Evaluation>>,
     #[serde(default)]
     pub options: Option<Options>,
+}
+
+impl EvaluationsRequest {
+    /// The top-level subject, action, resource and context.
+    fn defaults(&self) -> Evaluation {
+        Evaluation {
+            subject: self.subject.clone(),
+            action: self.action.clone(),
+            resource: self.resource.clone(),
+            context: self.context.clone(),
+        }
+    }
 }
 
 /// The evaluation with `defaults` filling what it leaves out.
@@ -278,10 +300,11 @@ pub async fn evaluations(
     JsonBody(req): JsonBody<EvaluationsRequest>,
 ) -> Result<([(HeaderName, HeaderValue); 1], Json<Value>), ApiError> {
     let snap = app.at(&headers).await?;
+    let defaults = req.defaults();
     let items = match &req.evaluations {
         Some(items) if !items.is_empty() => items,
         _ => {
-            let body = evaluate(&app, &snap, &req.defaults).await?;
+            let body = evaluate(&app, &snap, &defaults).await?;
             return Ok((super::revision_header(&snap), Json(body)));
         }
     };
@@ -293,7 +316,7 @@ pub async fn evaluations(
         .unwrap_or_default();
     let mut results = Vec::with_capacity(items.len());
     for item in items {
-        let result = match evaluate(&app, &snap, &merged(item, &req.defaults)).await {
+        let result = match evaluate(&app, &snap, &merged(item, &defaults)).await {
             Ok(v) => v,
             Err(e) => {
                 json!({ "decision": false, "context": { "error": e.body()["error"].clone() } })

@@ -328,6 +328,7 @@ fn shedding_router(app: Arc<App>) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .fallback(overloaded)
+        .layer(middleware::from_fn(error::json_errors))
         .with_state(app)
 }
 
@@ -377,6 +378,7 @@ pub fn router(app: Arc<App>) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
+        .layer(middleware::from_fn(error::json_errors))
         .with_state(app)
 }
 

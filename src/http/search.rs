@@ -22,6 +22,7 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use cedar_policy::{EntityId, EntityTypeName, EntityUid};
@@ -37,6 +38,7 @@ use crate::snapshot::Snapshot;
 
 /// `page` of a search request (`next_token` is accepted for `token`).
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PageIn {
     #[serde(default, alias = "next_token")]
     pub token: Option<String>,
@@ -46,6 +48,7 @@ pub struct PageIn {
 
 /// A subject or resource search.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EntitySearch {
     pub subject: Entity,
     pub action: Action,
@@ -57,6 +60,7 @@ pub struct EntitySearch {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ActionSearch {
     pub subject: Entity,
     pub resource: Entity,
@@ -97,11 +101,25 @@ fn resolve_action(snap: &Snapshot, a: &Action) -> Result<EntityUid, ApiError> {
         .map_err(|e| ApiError::bad_request("unknown_action", "action.name", e.to_string()))
 }
 
-fn page_request(page: &Option<PageIn>) -> PageRequest {
+fn page_request(page: &Option<PageIn>) -> Result<PageRequest, ApiError> {
     let page = page.clone().unwrap_or_default();
-    PageRequest {
+    check_limit(page.limit, "page.limit")?;
+    Ok(PageRequest {
         token: page.token,
         limit: page.limit,
+    })
+}
+
+/// A page larger than [`search::MAX_LIMIT`] is refused, not clamped: the
+/// caller learns the bound instead of receiving fewer items than it asked.
+fn check_limit(limit: Option<usize>, field: &str) -> Result<(), ApiError> {
+    match limit {
+        Some(n) if n > search::MAX_LIMIT => Err(ApiError::bad_request(
+            "invalid_page_limit",
+            field,
+            format!("`limit` is at most {}, not {n}", search::MAX_LIMIT),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -174,7 +192,7 @@ pub async fn subject(
             &action,
             &resource,
             &context_value(&req.context),
-            &page_request(&req.page),
+            &page_request(&req.page)?,
         )?;
         Ok(Json(hits_body(&req.subject.type_name, &page)))
     })
@@ -197,7 +215,7 @@ pub async fn resource(
             &action,
             &ty,
             &context_value(&req.context),
-            &page_request(&req.page),
+            &page_request(&req.page)?,
         )?;
         Ok(Json(hits_body(&req.resource.type_name, &page)))
     })
@@ -217,7 +235,7 @@ pub async fn action(
             &subject,
             &resource,
             &context_value(&req.context),
-            &page_request(&req.page),
+            &page_request(&req.page)?,
         )?;
         let results: Vec<Value> = page
             .items
@@ -276,9 +294,21 @@ pub(super) fn principal_from_path(snap: &Snapshot, text: &str) -> Result<EntityU
 /// `GET /v1/principals/{uid}/workspaces`.
 pub async fn workspaces(
     State(app): State<Arc<App>>,
-    Path(uid): Path<String>,
-    Query(q): Query<WorkspacesQuery>,
+    uid: Result<Path<String>, PathRejection>,
+    q: Result<Query<WorkspacesQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Path(uid) =
+        uid.map_err(|e| ApiError::bad_request("invalid_reference", "uid", e.body_text()))?;
+    let Query(q) = q.map_err(|e| {
+        let text = e.body_text();
+        let field = text
+            .strip_prefix("Failed to deserialize query string: ")
+            .and_then(|r| r.split_once(": "))
+            .map(|(f, _)| f.to_string())
+            .unwrap_or_else(|| "query".into());
+        ApiError::bad_request("invalid_request", field, text)
+    })?;
+    check_limit(q.limit, "limit")?;
     blocking(&app, move |snap| {
         let principal = principal_from_path(snap, &uid)?;
         let ty = snap.names.resolve_type("Workspace").map_err(|_| {
