@@ -16,7 +16,7 @@ use axum::http::HeaderName;
 
 use crate::decision_log::{LogTarget, Overflow};
 use crate::engine::{self, RequestInput};
-use crate::gateway::forward_auth::{ForwardAuthConfig, Unmatched};
+use crate::gateway::forward_auth::{ForwardAuthConfig, MethodOverride, Unmatched};
 use crate::http::HttpConfig;
 use crate::load::{self, Paths};
 use crate::names::EntityRef;
@@ -315,6 +315,16 @@ pub struct ServeArgs {
         default_value = "deny"
     )]
     pub forward_auth_unmatched: Unmatched,
+    /// What `/v1/forward-auth` does with `X-HTTP-Method-Override` (and
+    /// `X-HTTP-Method`, `X-Method-Override`): `refuse` the request (403), or
+    /// `honor` it (decide on the method it names, for upstreams that do).
+    #[arg(
+        long,
+        env = "ORGWARDEN_FORWARD_AUTH_METHOD_OVERRIDE",
+        value_parser = choice::<MethodOverride>(MethodOverride::NAMES),
+        default_value = "refuse"
+    )]
+    pub forward_auth_method_override: MethodOverride,
     /// Header, set by a trusted authenticator in front, that names the
     /// principal of `/v1/forward-auth` requests (`User::"alice"`); when
     /// unset, no such header is read.
@@ -361,6 +371,7 @@ impl ServeArgs {
                 public_url: self.public_url.clone(),
                 forward_auth: ForwardAuthConfig {
                     unmatched: self.forward_auth_unmatched,
+                    method_override: self.forward_auth_method_override,
                     trusted_principal_header: self.trusted_principal_header.clone(),
                 },
                 facts_token: self.facts_token.clone(),
