@@ -92,7 +92,7 @@ pub enum Command {
     /// Decide one request and print the decision as JSON.
     Authorize(AuthorizeArgs),
     /// Run the HTTP sidecar.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Generate a large world of entities for benchmarks and scale tests.
     Gen(GenArgs),
     /// Run allow/deny matrices and cases (YAML) against the policies.
@@ -351,6 +351,10 @@ pub struct ServeArgs {
     /// Bearer token for the fact API (`/v1/facts`); unset refuses it.
     #[arg(long, env = "ORGWARDEN_FACTS_TOKEN", hide_env_values = true)]
     pub facts_token: Option<String>,
+    /// Keep the files of every good snapshot in this directory, and serve
+    /// them (stale) when a start finds the files invalid.
+    #[arg(long, env = "ORGWARDEN_LAST_GOOD_DIR")]
+    pub last_good_dir: Option<PathBuf>,
     /// How long a request with `Orgwarden-Min-Revision` waits for the facts
     /// to reach that revision before `503 stale_facts`, in milliseconds.
     #[arg(long, env = "ORGWARDEN_CONSISTENCY_WAIT_MS", default_value_t = 1000)]
@@ -388,6 +392,7 @@ impl ServeArgs {
                 decision_queue: self.decision_queue,
             },
             facts: self.facts.clone(),
+            last_good_dir: self.last_good_dir.clone(),
             cache_size: self.cache_size,
             decision_log: self.decision_log.clone(),
             decision_log_denies_only: self.decision_log_denies_only,
