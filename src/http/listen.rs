@@ -64,13 +64,15 @@ fn descriptor_limit() -> Option<usize> {
 /// one eighth (at least 8) for shedding mode, both within the descriptors.
 fn caps(limits: &ConnLimits) -> (usize, usize) {
     let normal = limits.max_connections.max(1);
-    let mut total = normal + (normal / 8).max(8);
-    if let Some(fds) = descriptor_limit() {
-        let available = fds.saturating_sub(RESERVED_DESCRIPTORS).max(2);
-        total = total.min(available);
+    let total = normal + (normal / 8).max(8);
+    let available = descriptor_limit()
+        .map(|fds| fds.saturating_sub(RESERVED_DESCRIPTORS).max(2))
+        .unwrap_or(usize::MAX);
+    if total <= available {
+        return (normal, total);
     }
-    let normal = normal.min(total - (total / 8).max(1));
-    (normal.max(1), total)
+    // Fewer descriptors than asked for: an eighth of them for the overflow.
+    (available - (available / 8).max(1), available)
 }
 
 /// Milliseconds since `EPOCH` (a process-wide start).
@@ -310,6 +312,9 @@ mod tests {
             ..ConnLimits::default()
         });
         assert!(normal <= 100 && normal < total, "{normal} {total}");
+        if descriptor_limit().is_none_or(|fds| fds > 1000) {
+            assert_eq!((normal, total), (100, 112));
+        }
         if let Some(fds) = descriptor_limit() {
             assert!(total <= fds.saturating_sub(RESERVED_DESCRIPTORS).max(2));
         }
