@@ -275,7 +275,7 @@ async fn overrides_are_refused(source: Source) {
             "{what}: {decision}"
         );
     }
-    // The decisions refused above are not counted as decisions.
+    // The refusals are counted among the request errors, by code.
     let (_, metrics) = s.get("/metrics").await;
     assert!(
         metrics.contains("code=\"protected_fact\""),

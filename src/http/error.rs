@@ -225,7 +225,9 @@ fn query_field(message: &str) -> Option<String> {
 pub async fn json_errors(req: Request, next: axum::middleware::Next) -> Response {
     const MAX_URI: usize = 8 * 1024;
     const MAX_HEADERS: usize = 32 * 1024;
-    let uri_len = req.uri().to_string().len();
+    let uri = req.uri();
+    let uri_len = uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
     if uri_len > MAX_URI {
         return ApiError::new(
             StatusCode::URI_TOO_LONG,
