@@ -764,6 +764,27 @@ async fn batch_and_authzen_answers_carry_the_fact_revision() {
         .unwrap();
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["revision"], header, "{body}");
+    assert!(
+        body["results"][0].get("revision").is_none(),
+        "said once: {body}"
+    );
+    let resp = s
+        .client
+        .post(format!("{}{AUTHZ}", s.base))
+        .json(&req(
+            r#"User::"bob""#,
+            "see_flows",
+            r#"Workspace::"acme-prod""#,
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["orgwarden-revision"].to_str().unwrap(),
+        header.to_string()
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["revision"], header, "{body}");
     let eval = json!({
         "subject": {"type": "user", "id": "carol"},
         "action": {"name": "see_flows"},

@@ -23,11 +23,14 @@ pub struct BatchInput {
 
 /// The cedar-agent response shape, serialized straight from the (possibly
 /// cached) decision: `{"decision", "diagnostics": {"reason", "errors"},
-/// "decision_id"}`, and `request_facts` (the uids of the request's own
-/// entities) when the request brought any.
+/// "decision_id"}`, `request_facts` (the uids of the request's own
+/// entities) when the request brought any, and on a single answer the fact
+/// `revision` it was decided at.
 pub struct ResponseBody {
     entry: Arc<Entry>,
     decision_id: Uuid,
+    /// The fact revision, on a single answer (a batch says it once).
+    revision: Option<u64>,
 }
 
 impl Serialize for ResponseBody {
@@ -49,6 +52,9 @@ impl Serialize for ResponseBody {
         if !self.entry.request_facts.is_empty() {
             m.serialize_entry("request_facts", &self.entry.request_facts)?;
         }
+        if let Some(revision) = self.revision {
+            m.serialize_entry("revision", &revision)?;
+        }
         m.end()
     }
 }
@@ -58,6 +64,7 @@ pub fn response_body(d: &Decided) -> ResponseBody {
     ResponseBody {
         entry: d.entry.clone(),
         decision_id: d.decision_id,
+        revision: None,
     }
 }
 
@@ -73,7 +80,8 @@ pub async fn is_authorized(
     JsonBody(input): JsonBody<RequestInput>,
 ) -> Result<([(HeaderName, HeaderValue); 1], Json<ResponseBody>), ApiError> {
     let snap = app.at(&headers).await?;
-    let body = decide_one(&app, &snap, &input).await?;
+    let mut body = decide_one(&app, &snap, &input).await?;
+    body.revision = Some(snap.revision());
     Ok((super::revision_header(&snap), Json(body)))
 }
 
