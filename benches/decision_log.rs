@@ -34,6 +34,7 @@ fn records() -> Vec<DecisionRecord> {
                 principal: format!("Prefect::User::\"user-{i}\""),
                 action: "Prefect::Action::\"see_flows\"".to_string(),
                 resource: format!("Prefect::Workspace::\"ws-{}\"", i % 5),
+                request_facts: Vec::new(),
             })
         })
         .collect();

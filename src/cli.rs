@@ -16,11 +16,12 @@ use axum::http::HeaderName;
 
 use crate::decision_log::{LogTarget, Overflow};
 use crate::engine::{self, RequestInput};
-use crate::gateway::forward_auth::{ForwardAuthConfig, Unmatched};
+use crate::gateway::forward_auth::{ForwardAuthConfig, MethodOverride, Unmatched};
 use crate::http::HttpConfig;
 use crate::load::{self, Paths};
 use crate::names::EntityRef;
 use crate::reload::WatchConfig;
+use crate::request_facts::RequestEntities;
 use crate::server::{LogFormat, ServerConfig};
 
 #[derive(Debug, Parser)]
@@ -91,7 +92,7 @@ pub enum Command {
     /// Decide one request and print the decision as JSON.
     Authorize(AuthorizeArgs),
     /// Run the HTTP sidecar.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Generate a large world of entities for benchmarks and scale tests.
     Gen(GenArgs),
     /// Run allow/deny matrices and cases (YAML) against the policies.
@@ -250,6 +251,34 @@ pub struct ServeArgs {
     /// Most entities one request may bring.
     #[arg(long, env = "ORGWARDEN_MAX_REQUEST_ENTITIES", default_value_t = 1000)]
     pub max_request_entities: usize,
+    /// What the entities a decision request brings of its own may do:
+    /// `add` (new entities only; nothing the loaded facts say may change),
+    /// `replace` (cedar-agent's semantics: they replace loaded entities) or
+    /// `off` (refused).
+    #[arg(
+        long,
+        env = "ORGWARDEN_REQUEST_ENTITIES",
+        value_parser = choice::<RequestEntities>(RequestEntities::NAMES),
+        default_value = "add"
+    )]
+    pub request_entities: RequestEntities,
+    /// Connections served at once (kept below the descriptor limit); a few
+    /// more are answered only for health checks, with 503 for the rest.
+    #[arg(long, env = "ORGWARDEN_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Time a client has to send a whole request head, in milliseconds.
+    #[arg(long, env = "ORGWARDEN_HEADER_READ_TIMEOUT_MS", default_value_t = 5000)]
+    pub header_read_timeout_ms: u64,
+    /// A connection that moves no byte for this long is closed, in milliseconds.
+    #[arg(long, env = "ORGWARDEN_IDLE_TIMEOUT_MS", default_value_t = 30000)]
+    pub idle_timeout_ms: u64,
+    /// Threads deciding requests with request facts at once (default: the cores).
+    #[arg(long, env = "ORGWARDEN_DECISION_WORKERS")]
+    pub decision_workers: Option<usize>,
+    /// Decisions with request facts that may wait for a thread; beyond them
+    /// the answer is 503 with `Retry-After`.
+    #[arg(long, env = "ORGWARDEN_DECISION_QUEUE", default_value_t = 64)]
+    pub decision_queue: usize,
     /// Time limit of one HTTP request, in milliseconds.
     #[arg(long, env = "ORGWARDEN_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
     pub request_timeout_ms: u64,
@@ -286,6 +315,16 @@ pub struct ServeArgs {
         default_value = "deny"
     )]
     pub forward_auth_unmatched: Unmatched,
+    /// What `/v1/forward-auth` does with `X-HTTP-Method-Override` (and
+    /// `X-HTTP-Method`, `X-Method-Override`): `refuse` the request (403), or
+    /// `honor` it (decide on the method it names, for upstreams that do).
+    #[arg(
+        long,
+        env = "ORGWARDEN_FORWARD_AUTH_METHOD_OVERRIDE",
+        value_parser = choice::<MethodOverride>(MethodOverride::NAMES),
+        default_value = "refuse"
+    )]
+    pub forward_auth_method_override: MethodOverride,
     /// Header, set by a trusted authenticator in front, that names the
     /// principal of `/v1/forward-auth` requests (`User::"alice"`); when
     /// unset, no such header is read.
@@ -312,6 +351,10 @@ pub struct ServeArgs {
     /// Bearer token for the fact API (`/v1/facts`); unset refuses it.
     #[arg(long, env = "ORGWARDEN_FACTS_TOKEN", hide_env_values = true)]
     pub facts_token: Option<String>,
+    /// Keep the files of every good snapshot in this directory, and serve
+    /// them (stale) when a start finds the files invalid.
+    #[arg(long, env = "ORGWARDEN_LAST_GOOD_DIR")]
+    pub last_good_dir: Option<PathBuf>,
     /// How long a request with `Orgwarden-Min-Revision` waits for the facts
     /// to reach that revision before `503 stale_facts`, in milliseconds.
     #[arg(long, env = "ORGWARDEN_CONSISTENCY_WAIT_MS", default_value_t = 1000)]
@@ -343,16 +386,28 @@ impl ServeArgs {
                 public_url: self.public_url.clone(),
                 forward_auth: ForwardAuthConfig {
                     unmatched: self.forward_auth_unmatched,
+                    method_override: self.forward_auth_method_override,
                     trusted_principal_header: self.trusted_principal_header.clone(),
                 },
                 facts_token: self.facts_token.clone(),
                 consistency_wait: Duration::from_millis(self.consistency_wait_ms),
+                request_entities: self.request_entities,
+                connections: crate::http::listen::ConnLimits {
+                    max_connections: self.max_connections,
+                    header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+                    idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+                },
+                decision_workers: self
+                    .decision_workers
+                    .unwrap_or_else(crate::pdp::default_workers),
+                decision_queue: self.decision_queue,
             },
             facts: self.facts.clone(),
             follow: crate::live_facts::FollowOptions {
                 poll: Duration::from_millis(self.facts_poll_ms),
                 retain_changes: self.facts_retain_changes,
             },
+            last_good_dir: self.last_good_dir.clone(),
             cache_size: self.cache_size,
             decision_log: self.decision_log.clone(),
             decision_log_denies_only: self.decision_log_denies_only,

@@ -92,6 +92,9 @@ pub struct Entry {
     pub principal: String,
     pub action: String,
     pub resource: String,
+    /// The uids of the entities the request brought of its own (sorted);
+    /// empty when it was decided on the loaded facts only.
+    pub request_facts: Vec<String>,
 }
 
 /// One decision, as logged.
@@ -291,7 +294,8 @@ fn write_loop(mut receiver: Receiver<DecisionRecord>, mut out: Box<dyn Write + S
 
 /// Append `record`'s line (with its newline) to `buf`: the fields, in
 /// order, `decision_id`, `timestamp` (RFC 3339, UTC), `principal`,
-/// `action`, `resource`, `decision`, `reasons`, `errors`, `generation`,
+/// `action`, `resource`, `decision`, `reasons`, `errors`, `request_facts`
+/// (only when the request brought entities of its own), `generation`,
 /// `latency_us`, `api`, `cached`.
 pub fn write_line(buf: &mut Vec<u8>, record: &DecisionRecord) {
     let entry = &*record.entry;
@@ -320,7 +324,13 @@ pub fn write_line(buf: &mut Vec<u8>, record: &DecisionRecord) {
     strings(buf, &entry.outcome.reasons);
     buf.extend_from_slice(b"],\"errors\":[");
     strings(buf, &entry.outcome.errors);
-    buf.extend_from_slice(b"],\"generation\":");
+    buf.push(b']');
+    if !entry.request_facts.is_empty() {
+        buf.extend_from_slice(b",\"request_facts\":[");
+        strings(buf, &entry.request_facts);
+        buf.push(b']');
+    }
+    buf.extend_from_slice(b",\"generation\":");
     number(buf, record.generation);
     buf.extend_from_slice(b",\"latency_us\":");
     number(buf, record.latency_us);
@@ -387,6 +397,7 @@ mod tests {
                 principal: principal.to_string(),
                 action: r#"Prefect::Action::"see_flows""#.to_string(),
                 resource: r#"Prefect::Workspace::"acme-prod""#.to_string(),
+                request_facts: Vec::new(),
             }),
             generation: 7,
             latency_us: 0,

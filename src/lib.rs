@@ -50,6 +50,7 @@ pub mod live_facts;
 pub mod metrics;
 pub mod pdp;
 pub mod reload;
+pub mod request_facts;
 pub mod server;
 
 pub use engine::{Decision, Outcome, Query, RequestError, RequestInput, decide, prepare};

@@ -317,8 +317,7 @@ impl Apply for Applier {
         let (next, _) = current
             .advance(&gate.model, &rows, &delta.deleted, delta.head)
             .map_err(|r| format!("revisions {}..={}: {r}", delta.from + 1, delta.head))?;
-        let mut changed: Vec<(u64, Arc<[cedar_policy::EntityUid]>)> = (delta.from + 1
-            ..delta.head)
+        let mut changed: Vec<(u64, Arc<[cedar_policy::EntityUid]>)> = (delta.from + 1..delta.head)
             .map(|r| (r, Arc::from(Vec::new())))
             .collect();
         changed.push((delta.head, touched));
@@ -372,7 +371,10 @@ fn warm_search(shared: Arc<Shared>) {
     tokio::task::spawn_blocking(move || {
         let mut slot = shared.search.lock().unwrap_or_else(PoisonError::into_inner);
         let view = shared.view.load();
-        if slot.as_ref().is_some_and(|i| i.revision() == view.revision()) {
+        if slot
+            .as_ref()
+            .is_some_and(|i| i.revision() == view.revision())
+        {
             return;
         }
         let started = std::time::Instant::now();

@@ -39,6 +39,10 @@ pub struct Metrics {
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub in_flight: Gauge,
+    /// Open HTTP connections.
+    pub connections: Gauge,
+    /// Requests and connections refused to shed load (503).
+    pub shed: Counter,
     pub request_errors: Family<ErrorLabels, Counter>,
     /// Decision records dropped because the log's queue was full.
     pub decision_log_dropped: Counter,
@@ -122,6 +126,18 @@ impl Metrics {
             "HTTP requests being served",
             in_flight.clone(),
         );
+        let connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "Open HTTP connections",
+            connections.clone(),
+        );
+        let shed = Counter::default();
+        registry.register(
+            "http_shed",
+            "Requests answered 503 and connections closed at once to shed load",
+            shed.clone(),
+        );
         let request_errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "request_errors",
@@ -179,6 +195,8 @@ impl Metrics {
             cache_hits,
             cache_misses,
             in_flight,
+            connections,
+            shed,
             request_errors,
             decision_log_dropped,
             decision_log_queue,

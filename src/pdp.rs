@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use moka::sync::Cache;
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 pub use crate::decision_log::Entry;
@@ -27,6 +28,7 @@ use crate::live_facts::{At, LiveFacts};
 use crate::metrics::{DecisionLabels, ErrorLabels, Metrics};
 use crate::names::EntityRef;
 use crate::reload::Live;
+use crate::request_facts::{RequestEntities, RequestFacts};
 
 /// A decision as a server reports it.
 #[derive(Debug, Clone)]
@@ -67,6 +69,32 @@ pub struct Pdp {
     /// Store mode: the live facts decisions read instead of the snapshot's
     /// entities.
     pub facts: Option<Arc<LiveFacts>>,
+    /// What a request's own entities may do.
+    pub request_facts: Arc<RequestFacts>,
+    /// Decisions with request facts: waiting (queue) and running permits.
+    heavy: Heavy,
+}
+
+/// The bounds of decisions with request facts, which run off the async
+/// workers: at most `run` at once, at most `queue` more waiting.
+struct Heavy {
+    queue: Arc<Semaphore>,
+    run: Arc<Semaphore>,
+}
+
+impl Heavy {
+    fn new(workers: usize, queue: usize) -> Heavy {
+        let workers = workers.max(1);
+        Heavy {
+            queue: Arc::new(Semaphore::new(workers + queue)),
+            run: Arc::new(Semaphore::new(workers)),
+        }
+    }
+}
+
+/// Threads deciding requests with request facts, by default: the cores.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 impl Pdp {
@@ -82,7 +110,22 @@ impl Pdp {
             cache,
             log,
             facts: None,
+            request_facts: Arc::new(RequestFacts::new(RequestEntities::default())),
+            heavy: Heavy::new(default_workers(), 64),
         }
+    }
+
+    /// What a request's own entities may do (default: add new ones only).
+    pub fn with_request_entities(mut self, mode: RequestEntities) -> Self {
+        self.request_facts = Arc::new(RequestFacts::new(mode));
+        self
+    }
+
+    /// Decisions with request facts: `workers` at once, `queue` more
+    /// waiting; beyond that a request is refused (`overloaded`, 503).
+    pub fn with_heavy_limits(mut self, workers: usize, queue: usize) -> Self {
+        self.heavy = Heavy::new(workers, queue);
+        self
     }
 
     /// Decide on live facts from a store.
@@ -115,7 +158,13 @@ impl Pdp {
         input: &RequestInput,
         api: &'static str,
     ) -> Result<Decided, RequestError> {
-        let decided = self.decide(snap, input)?;
+        let decided = if input.entities.is_some() || input.additional_entities.is_some() {
+            self.decide_with_request_facts(snap, input)
+                .await
+                .inspect_err(|e| self.count_error(e))?
+        } else {
+            self.decide(snap, input)?
+        };
         self.log(&decided, api).await;
         Ok(decided)
     }
@@ -213,6 +262,58 @@ impl Pdp {
         })
     }
 
+    fn count_error(&self, e: &RequestError) {
+        self.metrics
+            .request_errors
+            .get_or_create(&ErrorLabels { code: e.code })
+            .inc();
+    }
+
+    /// A request with entities of its own: checked by the request-facts
+    /// policy, decided on the world they make with the facts, never cached.
+    /// The work grows with the entities, so it runs on a blocking thread,
+    /// bounded (a full queue refuses with `overloaded`), never on the async
+    /// workers that answer health checks.
+    async fn decide_with_request_facts(
+        &self,
+        snap: &At,
+        input: &RequestInput,
+    ) -> Result<Decided, RequestError> {
+        let started = Instant::now();
+        let queued = self.heavy.queue.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.shed.inc();
+            RequestError::new(
+                "overloaded",
+                "request",
+                "too many decisions with request facts are waiting: retry later",
+            )
+        })?;
+        let running = self
+            .heavy
+            .run
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| RequestError::new("overloaded", "request", "shutting down"))?;
+        let (at, input, facts) = (snap.clone(), input.clone(), self.request_facts.clone());
+        let entry = tokio::task::spawn_blocking(move || {
+            // Held until the work is done, even when the request is gone.
+            let _permits = (queued, running);
+            decide_request_facts(&facts, &at, &input)
+        })
+        .await
+        .map_err(|e| RequestError::new("internal", "request", e.to_string()))??;
+        let latency = started.elapsed();
+        self.metrics.decision_seconds.observe(latency.as_secs_f64());
+        Ok(Decided {
+            decision_id: Uuid::now_v7(),
+            generation: snap.generation,
+            cached: false,
+            latency,
+            entry: Arc::new(entry),
+        })
+    }
+
     /// The cache, the engine on a miss, and the latency histogram.
     fn decide_cached(
         &self,
@@ -231,12 +332,7 @@ impl Pdp {
                 if key.is_some() {
                     self.metrics.cache_misses.inc();
                 }
-                let query = prepare(key.as_ref()).inspect_err(|e| {
-                    self.metrics
-                        .request_errors
-                        .get_or_create(&ErrorLabels { code: e.code })
-                        .inc();
-                })?;
+                let query = prepare(key.as_ref()).inspect_err(|e| self.count_error(e))?;
                 let outcome = match &snap.facts {
                     Some(f) => {
                         crate::facts::slice::decide(snap, &f.plan, &f.model, &f.view, &query)
@@ -248,6 +344,7 @@ impl Pdp {
                     principal: query.principal.to_string(),
                     action: query.action.to_string(),
                     resource: query.resource.to_string(),
+                    request_facts: Vec::new(),
                 });
                 if let (Some(cache), Some(key)) = (&self.cache, key) {
                     cache.insert(key, entry.clone());
@@ -265,6 +362,32 @@ impl Pdp {
             entry,
         })
     }
+}
+
+/// Decide `input`, which brings entities of its own, against `snap`.
+fn decide_request_facts(
+    facts: &RequestFacts,
+    snap: &At,
+    input: &RequestInput,
+) -> Result<Entry, RequestError> {
+    let bare = RequestInput {
+        principal: input.principal.clone(),
+        action: input.action.clone(),
+        resource: input.resource.clone(),
+        context: input.context.clone(),
+        entities: None,
+        additional_entities: None,
+    };
+    let query = engine::prepare(snap, &bare)?;
+    let world = facts.world(snap, input)?;
+    let outcome = crate::facts::slice::decide(snap, &world.plan, &world.model, &world.view, &query);
+    Ok(Entry {
+        outcome,
+        principal: query.principal.to_string(),
+        action: query.action.to_string(),
+        resource: query.resource.to_string(),
+        request_facts: world.uids,
+    })
 }
 
 /// The decision-relevant parts of a request as one string, each part

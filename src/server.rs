@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub facts: Option<String>,
     /// How store-backed facts follow the store and prune its change log.
     pub follow: crate::live_facts::FollowOptions,
+    /// Where the inputs of every good snapshot are kept, and served from
+    /// when the files are invalid at start.
+    pub last_good_dir: Option<std::path::PathBuf>,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -68,7 +71,11 @@ fn init_tracing(format: LogFormat) {
 /// Run the server until a shutdown signal.
 pub fn run(config: ServerConfig) -> ExitCode {
     init_tracing(config.log_format);
-    let live = match Live::load(config.paths.clone()) {
+    let loaded = match &config.last_good_dir {
+        Some(dir) => Live::load_with_last_good(config.paths.clone(), dir.clone()),
+        None => Live::load(config.paths.clone()),
+    };
+    let live = match loaded {
         Ok(live) => Arc::new(live),
         Err(diags) => {
             eprintln!("{diags}");

@@ -53,7 +53,9 @@ impl Server {
             .unwrap();
         store.close().await;
         let live = Arc::new(Live::load(paths).expect("valid files"));
-        let facts = LiveFacts::start(&url, live.clone(), Default::default()).await.unwrap();
+        let facts = LiveFacts::start(&url, live.clone(), Default::default())
+            .await
+            .unwrap();
         let pdp = Pdp::new(live, Arc::new(Metrics::new()), 1000, DecisionLog::off())
             .with_facts(Arc::new(facts));
         let config = HttpConfig {

@@ -800,6 +800,7 @@ async fn unmatched_routes_and_the_trusted_principal_header_are_options() {
         forward_auth: ForwardAuthConfig {
             unmatched: Unmatched::Allow,
             trusted_principal_header: Some(HeaderName::from_static("x-authenticated-principal")),
+            ..ForwardAuthConfig::default()
         },
         ..HttpConfig::default()
     })
@@ -1008,4 +1009,115 @@ fn the_docs_quote_the_tested_configs_and_keys() {
         let uid = snap.keys.resolve(key).map(ToString::to_string);
         assert_eq!(uid.as_deref(), Some(*principal), "{key}");
     }
+}
+
+#[tokio::test]
+async fn ambiguous_uris_and_method_overrides_are_refused() {
+    let s = server(HttpConfig::default()).await;
+    let carol = key_of("carol");
+    let prod = "/api/accounts/acme/workspaces/acme-prod/flows";
+    let plain = format!("{prod}/x");
+    let resp = traefik(&s, "GET", &plain)
+        .bearer_auth(carol)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "the plain request is allowed");
+    for target in [
+        format!("{prod}/x#/../../../globex-main/flows/y"),
+        format!("{prod}/a\\b"),
+        format!("{prod}/a%5Cb"),
+        format!("{prod}/a%5cb"),
+        format!("{prod}/a%00"),
+    ] {
+        let resp = traefik(&s, "GET", &target)
+            .bearer_auth(carol)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_code(resp).await,
+            (403, "ambiguous_request".into()),
+            "{target}"
+        );
+        // nginx's header too.
+        let resp = s
+            .client
+            .get(format!("{}/v1/forward-auth", s.base))
+            .header("X-Original-URI", &target)
+            .header("X-Original-Method", "GET")
+            .bearer_auth(carol)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_code(resp).await,
+            (403, "ambiguous_request".into()),
+            "{target}"
+        );
+    }
+    // Envoy's path.
+    let resp = s
+        .client
+        .get(format!("{}/v1/forward-auth{prod}/a%00", s.base))
+        .bearer_auth(carol)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(resp).await, (403, "ambiguous_request".into()));
+
+    // A method override is refused by default ...
+    let run = "/api/accounts/acme/workspaces/acme-prod/deployments/d-1/create_flow_run";
+    for name in [
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+    ] {
+        let resp = traefik(&s, "GET", &plain)
+            .header(name, "POST")
+            .bearer_auth(carol)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_code(resp).await,
+            (403, "ambiguous_request".into()),
+            "{name}"
+        );
+    }
+    // ... and decides on the method it names when the operator honours it.
+    let honor = server(HttpConfig {
+        forward_auth: ForwardAuthConfig {
+            method_override: orgwarden::gateway::forward_auth::MethodOverride::Honor,
+            ..ForwardAuthConfig::default()
+        },
+        ..HttpConfig::default()
+    })
+    .await;
+    let resp = traefik(&honor, "GET", run)
+        .header("X-HTTP-Method-Override", "POST")
+        .bearer_auth(carol)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(resp).await,
+        (403, "forbidden".into()),
+        "carol may not run"
+    );
+    let resp = traefik(&honor, "POST", &plain)
+        .header("X-HTTP-Method-Override", "GET")
+        .bearer_auth(carol)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = traefik(&honor, "GET", &plain)
+        .header("X-HTTP-Method-Override", "GET")
+        .header("X-Method-Override", "DELETE")
+        .bearer_auth(carol)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(resp).await, (403, "ambiguous_request".into()));
 }

@@ -75,7 +75,12 @@ async fn context_values_are_typed_by_the_schema() {
 
 #[tokio::test]
 async fn request_scoped_entities_apply_to_one_decision_only() {
-    let s = TestServer::shipped().await;
+    // cedar-agent's semantics, which the operator turns on.
+    let config = HttpConfig {
+        request_entities: orgwarden::request_facts::RequestEntities::Replace,
+        ..HttpConfig::default()
+    };
+    let s = TestServer::start(shipped(), config, 1000, DecisionLog::off()).await;
     // A new acme member, known only to this request, gets acme-prod's default Viewer role.
     let newcomer = json!([{
         "uid": {"type": "Prefect::User", "id": "nina"},
@@ -105,9 +110,21 @@ async fn request_scoped_entities_apply_to_one_decision_only() {
 
     // `entities` replaces the loaded facts: with only nina, acme-prod does not exist.
     let mut r = req(r#"User::"bob""#, "see_flows", r#"Workspace::"acme-prod""#);
-    r["entities"] = newcomer.clone();
-    let (_, body) = s.post(AUTHZ, r).await;
+    r["entities"] = json!([{
+        "uid": {"type": "Prefect::User", "id": "nina"},
+        "attrs": {"email": "nina@acme.example"},
+        "parents": []
+    }]);
+    let (status, body) = s.post(AUTHZ, r).await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(body["decision"], "Deny");
+    assert_eq!(body["request_facts"], json!([r#"Prefect::User::"nina""#]));
+    // ... and must name the parents it uses.
+    let mut r = req(r#"User::"bob""#, "see_flows", r#"Workspace::"acme-prod""#);
+    r["entities"] = newcomer.clone();
+    let (status, body) = s.post(AUTHZ, r).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "entities[0].parents[0]");
 
     // Both at once is an error.
     let mut r = req(r#"User::"bob""#, "see_flows", r#"Workspace::"acme-prod""#);
@@ -266,7 +283,12 @@ async fn bad_input_gets_a_json_error_naming_the_field() {
 
 #[tokio::test]
 async fn authzen_evaluation_maps_subject_action_resource() {
-    let s = TestServer::shipped().await;
+    // Properties over loaded entities need cedar-agent's semantics.
+    let config = HttpConfig {
+        request_entities: orgwarden::request_facts::RequestEntities::Replace,
+        ..HttpConfig::default()
+    };
+    let s = TestServer::start(shipped(), config, 1000, DecisionLog::off()).await;
     let eval = |subject: &str, action: &str, resource: &str| {
         json!({
             "subject": {"type": "user", "id": subject},
@@ -721,4 +743,62 @@ async fn evaluation_errors_deny_and_are_reported() {
         body["diagnostics"]["reason"],
         json!(["overflowing", "plain"])
     );
+}
+
+#[tokio::test]
+async fn batch_and_authzen_answers_carry_the_fact_revision() {
+    let s = TestServer::shipped().await;
+    let resp = s
+        .client
+        .post(format!("{}/v1/is_authorized/batch", s.base))
+        .json(
+            &json!({"requests": [req(r#"User::"bob""#, "see_flows", r#"Workspace::"acme-prod""#)]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let header: u64 = resp.headers()["orgwarden-revision"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["revision"], header, "{body}");
+    assert!(
+        body["results"][0].get("revision").is_none(),
+        "said once: {body}"
+    );
+    let resp = s
+        .client
+        .post(format!("{}{AUTHZ}", s.base))
+        .json(&req(
+            r#"User::"bob""#,
+            "see_flows",
+            r#"Workspace::"acme-prod""#,
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["orgwarden-revision"].to_str().unwrap(),
+        header.to_string()
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["revision"], header, "{body}");
+    let eval = json!({
+        "subject": {"type": "user", "id": "carol"},
+        "action": {"name": "see_flows"},
+        "resource": {"type": "workspace", "id": "acme-prod"},
+    });
+    let (_, body) = s.post("/access/v1/evaluation", eval.clone()).await;
+    assert_eq!(body["context"]["revision"], header, "{body}");
+    let (_, body) = s
+        .post(
+            "/access/v1/evaluations",
+            json!({"evaluations": [eval.clone(), eval]}),
+        )
+        .await;
+    for item in body["evaluations"].as_array().unwrap() {
+        assert_eq!(item["context"]["revision"], header, "{body}");
+    }
 }

@@ -179,6 +179,11 @@ impl DomainIndex {
         reindex(&mut self.admins_of, uid, &a.admins, &b.admins);
     }
 
+    /// The workspaces whose `key` is `key`.
+    pub fn workspaces_with_key(&self, key: &str) -> Option<&PSet<EntityUID>> {
+        self.ws_by_key.get(key)
+    }
+
     /// The organization of an admins group: of those naming it, the last by
     /// uid (as the full check's map keeps it).
     fn org_of_admins(&self, admins: &EntityUID) -> Option<EntityUID> {

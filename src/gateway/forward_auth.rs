@@ -56,10 +56,33 @@ pub enum Unmatched {
 
 crate::words::words!(Unmatched { "deny" => Deny, "allow" => Allow });
 
+/// What a method-override header (`X-HTTP-Method-Override`,
+/// `X-HTTP-Method`, `X-Method-Override`) on a forwarded request does: some
+/// upstreams act on the method it names instead of the request's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MethodOverride {
+    /// The request is refused: the upstream might run another method than
+    /// the one authorized.
+    #[default]
+    Refuse,
+    /// The named method is the one authorized (for upstreams that honour it).
+    Honor,
+}
+
+crate::words::words!(MethodOverride { "refuse" => Refuse, "honor" => Honor });
+
+const OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 /// Options of the forward-auth endpoint.
 #[derive(Debug, Clone, Default)]
 pub struct ForwardAuthConfig {
     pub unmatched: Unmatched,
+    /// What a method-override header does.
+    pub method_override: MethodOverride,
     /// A header set by a trusted upstream authenticator naming the principal
     /// (`User::"alice"`). Unset: no such header is read.
     pub trusted_principal_header: Option<HeaderName>,
@@ -170,6 +193,57 @@ fn original<'r>(
     Ok((original_method, target))
 }
 
+/// Why a request target is ambiguous, when it is: upstreams read these
+/// differently (a `#` ends the path for some and not others, a backslash
+/// is a separator for some, a NUL ends a string for some), so the request
+/// authorized might not be the one served.
+fn ambiguity(target: &str) -> Option<&'static str> {
+    let lower = target.to_ascii_lowercase();
+    if target.contains('#') {
+        Some("a `#` in the URI: upstreams differ on whether it ends the path")
+    } else if target.contains('\\') || lower.contains("%5c") {
+        Some("a backslash in the URI: some upstreams read it as a path separator")
+    } else if target.contains('\0') || lower.contains("%00") {
+        Some("a NUL in the URI: some upstreams end the path there")
+    } else {
+        None
+    }
+}
+
+/// The method of a method-override header: none when there is no such
+/// header; refused unless the operator honours them.
+fn method_override<'h>(
+    config: &ForwardAuthConfig,
+    headers: &'h HeaderMap,
+) -> Result<Option<&'h str>, Refusal> {
+    let mut found: Option<(&str, &str)> = None;
+    for name in OVERRIDE_HEADERS {
+        if let Some(value) = single(headers, name)? {
+            match found {
+                Some((_, other)) if !other.eq_ignore_ascii_case(value) => {
+                    return Err(Refusal::forbidden(
+                        "ambiguous_request",
+                        "method-override headers name different methods",
+                    ));
+                }
+                _ => found = Some((name, value)),
+            }
+        }
+    }
+    let Some((name, value)) = found else {
+        return Ok(None);
+    };
+    match config.method_override {
+        MethodOverride::Refuse => Err(Refusal::forbidden(
+            "ambiguous_request",
+            format!(
+                "the `{name}` header asks for another method, which some upstreams honour: refused (--forward-auth-method-override honor decides on it instead)"
+            ),
+        )),
+        MethodOverride::Honor => Ok(Some(value)),
+    }
+}
+
 /// The caller: from the trusted header when configured and present, else
 /// from the bearer key. `Ok(None)`: no credentials at all.
 fn principal(
@@ -234,7 +308,24 @@ pub fn map<'s>(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Mapped<'s>, Refusal> {
-    let (original_method, target) = original(method, uri, headers)?;
+    let (mut original_method, target) = original(method, uri, headers)?;
+    let raw = uri.path_and_query().map(|p| p.as_str()).unwrap_or_default();
+    if let Some(why) = ambiguity(target).or_else(|| ambiguity(raw)) {
+        return Err(Refusal::forbidden("ambiguous_request", why));
+    }
+    if let Some(named) = method_override(config, headers)? {
+        let token = !named.is_empty()
+            && named
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            return Err(Refusal::forbidden(
+                "invalid_request",
+                "the method-override header is not an HTTP method",
+            ));
+        }
+        original_method = named;
+    }
     let segments = routes::request_segments(target)
         .map_err(|e| Refusal::forbidden("invalid_path", e.to_string()))?;
     let who = principal(config, snap, headers)?;

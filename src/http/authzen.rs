@@ -4,8 +4,8 @@
 //! An AuthZEN request maps onto the same [`RequestInput`] as every other API:
 //! `subject` is the principal, `action.name` the action (resolved in the
 //! schema), `resource` the resource. The `properties` of the subject and the
-//! resource become attributes of that entity for this decision only, merged
-//! over its loaded attributes and typed by the schema.
+//! resource are request facts ([`to_input`]): attributes of that entity for
+//! this decision only, typed by the schema.
 
 use std::sync::Arc;
 
@@ -21,12 +21,13 @@ use crate::engine::{RequestError, RequestInput};
 use crate::live_facts::At;
 use crate::names::EntityRef;
 use crate::pdp::Decided;
-use crate::snapshot::Snapshot;
+use crate::request_facts::RequestEntities;
 
 /// A subject or resource, as every AuthZEN endpoint writes it. `id` is
 /// required by an evaluation, and absent on the searched side of a search
 /// ([`super::search`]).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Entity {
     #[serde(rename = "type")]
     pub type_name: String,
@@ -51,6 +52,7 @@ impl Entity {
 
 /// An action, as every AuthZEN endpoint writes it.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Action {
     pub name: String,
     #[serde(default)]
@@ -60,6 +62,7 @@ pub struct Action {
 /// One evaluation request; in a batch, every part is optional and falls back
 /// to the request's defaults.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Evaluation {
     pub subject: Option<Entity>,
     pub action: Option<Action>,
@@ -77,19 +80,38 @@ pub enum Semantic {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Options {
     #[serde(default)]
     pub evaluations_semantic: Semantic,
 }
 
+/// A batch: the defaults every evaluation inherits, the evaluations, and
+/// the options. Unknown fields are refused, at the top level and in
+/// `options`, as the cedar-agent endpoints refuse them.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EvaluationsRequest {
-    #[serde(flatten)]
-    pub defaults: Evaluation,
+    pub subject: Option<Entity>,
+    pub action: Option<Action>,
+    pub resource: Option<Entity>,
+    pub context: Option<Map<String, Value>>,
     #[serde(default)]
     pub evaluations: Option<Vec<Evaluation>>,
     #[serde(default)]
     pub options: Option<Options>,
+}
+
+impl EvaluationsRequest {
+    /// The top-level subject, action, resource and context.
+    fn defaults(&self) -> Evaluation {
+        Evaluation {
+            subject: self.subject.clone(),
+            action: self.action.clone(),
+            resource: self.resource.clone(),
+            context: self.context.clone(),
+        }
+    }
 }
 
 /// The evaluation with `defaults` filling what it leaves out.
@@ -102,8 +124,19 @@ fn merged(item: &Evaluation, defaults: &Evaluation) -> Evaluation {
     }
 }
 
-/// Translate an AuthZEN evaluation into the engine's request.
-pub fn to_input(snap: &Snapshot, e: &Evaluation) -> Result<RequestInput, ApiError> {
+/// Translate an AuthZEN evaluation into the engine's request, with the
+/// AuthZEN field (`subject`, `resource`) of each request entity its
+/// `properties` made.
+///
+/// `properties` are request facts ([`crate::request_facts`]): about an
+/// entity the facts do not hold they describe it (a new entity with these
+/// attributes); about a loaded entity they are merged over its attributes,
+/// which only `--request-entities replace` allows.
+pub fn to_input(
+    app: &App,
+    snap: &At,
+    e: &Evaluation,
+) -> Result<(RequestInput, Vec<&'static str>), ApiError> {
     let missing = |f: &str| ApiError::bad_request("missing_field", f, format!("`{f}` is required"));
     let subject = e.subject.as_ref().ok_or_else(|| missing("subject"))?;
     let action = e.action.as_ref().ok_or_else(|| missing("action"))?;
@@ -117,12 +150,23 @@ pub fn to_input(snap: &Snapshot, e: &Evaluation) -> Result<RequestInput, ApiErro
             "Cedar actions have no attributes: pass request facts in `context`",
         ));
     }
+    let mode = app.pdp.request_facts.mode;
     let mut overlays = Vec::new();
+    let mut fields = Vec::new();
     for (field, entity, id) in [
         ("subject", subject, subject_id),
         ("resource", resource, resource_id),
     ] {
         if let Some(props) = entity.properties.as_ref().filter(|p| !p.is_empty()) {
+            let at = format!("{field}.properties");
+            if mode == RequestEntities::Off {
+                return Err(RequestError::new(
+                    "request_facts_disabled",
+                    at,
+                    "this server decides on its loaded facts only: properties are refused (--request-entities off)",
+                )
+                .into());
+            }
             let reference = EntityRef::Object {
                 type_name: entity.type_name.clone(),
                 id: id.to_string(),
@@ -130,24 +174,44 @@ pub fn to_input(snap: &Snapshot, e: &Evaluation) -> Result<RequestInput, ApiErro
             let uid = snap.names.resolve_entity(&reference).map_err(|e| {
                 ApiError::bad_request("unknown_type", format!("{field}.type"), e.to_string())
             })?;
-            let at = |e: RequestError| {
-                ApiError::bad_request(e.code, format!("{field}.properties"), e.message)
+            let mut overlay = match app.pdp.request_facts.loaded_json(snap, &uid) {
+                Some(_) if mode != RequestEntities::Replace => {
+                    return Err(RequestError::new(
+                        "protected_fact",
+                        at,
+                        format!("{uid} is in the loaded facts: properties may not override or add to its attributes (--request-entities replace allows it)"),
+                    )
+                    .into());
+                }
+                Some(loaded) => loaded,
+                None => json!({
+                    "uid": { "type": uid.type_name().to_string(), "id": uid.id().unescaped() },
+                    "attrs": {},
+                    "parents": [],
+                }),
             };
-            let overlay = crate::engine::overlay_attributes(snap, &uid, props).map_err(at)?;
-            // Type the properties here, so that an error names this field.
-            cedar_policy::Entity::from_json_value(overlay.clone(), Some(&snap.schema)).map_err(
-                |e| {
+            let attrs = overlay
+                .get_mut("attrs")
+                .and_then(Value::as_object_mut)
+                .ok_or_else(|| {
                     ApiError::bad_request(
                         "invalid_entities",
-                        format!("{field}.properties"),
-                        crate::diag::one_line(&e),
+                        &at,
+                        "entity has no attributes object",
                     )
-                },
+                })?;
+            for (k, v) in props {
+                attrs.insert(k.clone(), v.clone());
+            }
+            // Type the properties here, so that an error names this field.
+            cedar_policy::Entity::from_json_value(overlay.clone(), Some(&snap.schema)).map_err(
+                |e| ApiError::bad_request("invalid_entities", &at, crate::diag::one_line(&e)),
             )?;
             overlays.push(overlay);
+            fields.push(field);
         }
     }
-    Ok(RequestInput {
+    let input = RequestInput {
         principal: Some(EntityRef::Object {
             type_name: subject.type_name.clone(),
             id: subject_id.to_string(),
@@ -160,18 +224,29 @@ pub fn to_input(snap: &Snapshot, e: &Evaluation) -> Result<RequestInput, ApiErro
         context: e.context.clone().map(Value::Object),
         entities: None,
         additional_entities: (!overlays.is_empty()).then_some(Value::Array(overlays)),
-    })
+    };
+    Ok((input, fields))
 }
 
-/// Field names of the engine (`principal`) in AuthZEN's words (`subject`).
-fn authzen_field(e: ApiError) -> ApiError {
+/// Field names of the engine (`principal`, `additional_entities[1].parents`)
+/// in AuthZEN's words (`subject`, `resource.properties`): `overlays` names
+/// the AuthZEN field of each request entity.
+fn authzen_field(e: ApiError, overlays: &[&str]) -> ApiError {
     let field = e.field.as_deref().map(|f| {
         if f == "principal" || f == "resource" {
             format!("{}.type", if f == "principal" { "subject" } else { f })
         } else if f == "action" {
             "action.name".to_string()
-        } else if f.starts_with("additional_entities") {
-            "properties".to_string()
+        } else if let Some(rest) = f.strip_prefix("additional_entities") {
+            let which = rest
+                .strip_prefix('[')
+                .and_then(|r| r.split_once(']'))
+                .and_then(|(n, _)| n.parse::<usize>().ok())
+                .and_then(|k| overlays.get(k));
+            match which {
+                Some(name) => format!("{name}.properties"),
+                None => "properties".to_string(),
+            }
         } else {
             f.to_string()
         }
@@ -179,25 +254,30 @@ fn authzen_field(e: ApiError) -> ApiError {
     ApiError { field, ..e }
 }
 
-pub fn response_body(d: &Decided) -> Value {
-    json!({
-        "decision": d.entry.outcome.allowed(),
-        "context": {
-            "decision_id": d.decision_id,
-            "reason_admin": { "policies": d.entry.outcome.reasons, "errors": d.entry.outcome.errors },
-        },
-    })
+/// An evaluation's answer: the decision, and in its context the decision
+/// id, the policies and errors, the fact revision it was decided at, and the
+/// request's own entities when it brought any.
+pub fn response_body(d: &Decided, revision: u64) -> Value {
+    let mut context = json!({
+        "decision_id": d.decision_id,
+        "reason_admin": { "policies": d.entry.outcome.reasons, "errors": d.entry.outcome.errors },
+        "revision": revision,
+    });
+    if !d.entry.request_facts.is_empty() {
+        context["request_facts"] = json!(d.entry.request_facts);
+    }
+    json!({ "decision": d.entry.outcome.allowed(), "context": context })
 }
 
 async fn evaluate(app: &App, snap: &At, e: &Evaluation) -> Result<Value, ApiError> {
-    let input = to_input(snap, e)?;
+    let (input, overlays) = to_input(app, snap, e)?;
     app.check_bounds(&input)?;
     let decided = app
         .pdp
         .authorize(snap, &input, "authzen")
         .await
-        .map_err(|e| authzen_field(e.into()))?;
-    Ok(response_body(&decided))
+        .map_err(|e| authzen_field(e.into(), &overlays))?;
+    Ok(response_body(&decided, snap.revision()))
 }
 
 pub async fn evaluation(
@@ -220,10 +300,11 @@ pub async fn evaluations(
     JsonBody(req): JsonBody<EvaluationsRequest>,
 ) -> Result<([(HeaderName, HeaderValue); 1], Json<Value>), ApiError> {
     let snap = app.at(&headers).await?;
+    let defaults = req.defaults();
     let items = match &req.evaluations {
         Some(items) if !items.is_empty() => items,
         _ => {
-            let body = evaluate(&app, &snap, &req.defaults).await?;
+            let body = evaluate(&app, &snap, &defaults).await?;
             return Ok((super::revision_header(&snap), Json(body)));
         }
     };
@@ -235,7 +316,7 @@ pub async fn evaluations(
         .unwrap_or_default();
     let mut results = Vec::with_capacity(items.len());
     for item in items {
-        let result = match evaluate(&app, &snap, &merged(item, &req.defaults)).await {
+        let result = match evaluate(&app, &snap, &merged(item, &defaults)).await {
             Ok(v) => v,
             Err(e) => {
                 json!({ "decision": false, "context": { "error": e.body()["error"].clone() } })

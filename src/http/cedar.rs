@@ -23,10 +23,14 @@ pub struct BatchInput {
 
 /// The cedar-agent response shape, serialized straight from the (possibly
 /// cached) decision: `{"decision", "diagnostics": {"reason", "errors"},
-/// "decision_id"}`.
+/// "decision_id"}`, `request_facts` (the uids of the request's own
+/// entities) when the request brought any, and on a single answer the fact
+/// `revision` it was decided at.
 pub struct ResponseBody {
     entry: Arc<Entry>,
     decision_id: Uuid,
+    /// The fact revision, on a single answer (a batch says it once).
+    revision: Option<u64>,
 }
 
 impl Serialize for ResponseBody {
@@ -41,10 +45,16 @@ impl Serialize for ResponseBody {
                 m.end()
             }
         }
-        let mut m = s.serialize_map(Some(3))?;
+        let mut m = s.serialize_map(None)?;
         m.serialize_entry("decision", &self.entry.outcome.decision)?;
         m.serialize_entry("diagnostics", &Diagnostics(&self.entry))?;
         m.serialize_entry("decision_id", &self.decision_id)?;
+        if !self.entry.request_facts.is_empty() {
+            m.serialize_entry("request_facts", &self.entry.request_facts)?;
+        }
+        if let Some(revision) = self.revision {
+            m.serialize_entry("revision", &revision)?;
+        }
         m.end()
     }
 }
@@ -54,6 +64,7 @@ pub fn response_body(d: &Decided) -> ResponseBody {
     ResponseBody {
         entry: d.entry.clone(),
         decision_id: d.decision_id,
+        revision: None,
     }
 }
 
@@ -69,14 +80,17 @@ pub async fn is_authorized(
     JsonBody(input): JsonBody<RequestInput>,
 ) -> Result<([(HeaderName, HeaderValue); 1], Json<ResponseBody>), ApiError> {
     let snap = app.at(&headers).await?;
-    let body = decide_one(&app, &snap, &input).await?;
+    let mut body = decide_one(&app, &snap, &input).await?;
+    body.revision = Some(snap.revision());
     Ok((super::revision_header(&snap), Json(body)))
 }
 
-/// `{"results": [...]}`, in request order.
+/// `{"results": [...], "revision": N}`, in request order, with the fact
+/// revision every result was decided at.
 #[derive(Serialize)]
 pub struct BatchBody {
     results: Vec<ResponseBody>,
+    revision: u64,
 }
 
 /// Every request of a batch is decided against the same snapshot; an invalid
@@ -87,6 +101,7 @@ pub async fn is_authorized_batch(
     JsonBody(batch): JsonBody<BatchInput>,
 ) -> Result<([(HeaderName, HeaderValue); 1], Json<BatchBody>), ApiError> {
     app.check_batch_len(batch.requests.len(), "requests")?;
+    app.check_total_entities(&batch.requests, "requests")?;
     let snap = app.at(&headers).await?;
     let mut results = Vec::with_capacity(batch.requests.len());
     for (i, input) in batch.requests.iter().enumerate() {
@@ -95,5 +110,9 @@ pub async fn is_authorized_batch(
             .map_err(|e| e.within(&format!("requests[{i}]")))?;
         results.push(result);
     }
-    Ok((super::revision_header(&snap), Json(BatchBody { results })))
+    let revision = snap.revision();
+    Ok((
+        super::revision_header(&snap),
+        Json(BatchBody { results, revision }),
+    ))
 }

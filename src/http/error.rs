@@ -66,25 +66,75 @@ impl ApiError {
 }
 
 impl From<RequestError> for ApiError {
+    /// 400, but 403 for request facts the server does not allow.
     fn from(e: RequestError) -> Self {
-        ApiError::bad_request(e.code, e.field, e.message)
+        let status = match e.code {
+            "protected_fact" | "request_facts_disabled" => StatusCode::FORBIDDEN,
+            "overloaded" => StatusCode::SERVICE_UNAVAILABLE,
+            "internal" => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError {
+            status,
+            ..ApiError::bad_request(e.code, e.field, e.message)
+        }
     }
 }
 
 impl IntoResponse for ApiError {
+    /// The JSON body; a 503 (load shed, facts behind) says when to retry.
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }
 
-/// A JSON request body, deserialized with field paths in its errors. Like
-/// OPA, it does not insist on a Content-Type: the body must be JSON anyway.
+/// A JSON request body, deserialized with field paths in its errors. A body
+/// without a Content-Type is read as JSON (as OPA reads it); one that says
+/// it is something else is refused with 415 ([`check_content_type`]).
 pub struct JsonBody<T>(pub T);
+
+/// Refuse (415) a body whose Content-Type is not JSON (`application/json`
+/// or any `+json` type); no Content-Type is accepted.
+pub fn check_content_type(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(axum::http::header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        return Ok(());
+    }
+    Err(ApiError {
+        status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        code: "unsupported_media_type",
+        message: format!(
+            "the body must be JSON: send `Content-Type: application/json` (or none), not {:?}",
+            value.to_str().unwrap_or("(not text)")
+        ),
+        field: Some("Content-Type".into()),
+    })
+}
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        check_content_type(req.headers())?;
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             let status = rejection.status();
             if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -131,6 +181,111 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             field,
         }
     })
+}
+
+/// The code of an error status that no handler wrote (a layer's or an
+/// extractor's).
+fn status_code_word(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "invalid_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        413 => "body_too_large",
+        414 => "uri_too_long",
+        415 => "unsupported_media_type",
+        422 => "invalid_request",
+        431 => "headers_too_large",
+        503 => "overloaded",
+        s if s >= 500 => "internal",
+        _ => "invalid_request",
+    }
+}
+
+/// The field a query-string rejection names
+/// (`Failed to deserialize query string: limit: invalid digit`).
+fn query_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("Failed to deserialize query string: ")?;
+    let (field, _) = rest.split_once(": ")?;
+    (!field.is_empty()
+        && field
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.'))
+    .then(|| field.to_string())
+}
+
+/// Middleware: every error answer leaves as `{"error": {"code", "message",
+/// "field"?}}`, including those of tower layers (408 from the timeout, 413
+/// from the body limit) and of axum's extractors and router (405, a bad
+/// path or query); heads too long for the contract are refused here too
+/// (414 for a URI over 8 KiB, 431 for headers over 32 KiB). Headers of the
+/// original answer (`Allow`, `Retry-After`) are kept.
+pub async fn json_errors(req: Request, next: axum::middleware::Next) -> Response {
+    const MAX_URI: usize = 8 * 1024;
+    const MAX_HEADERS: usize = 32 * 1024;
+    let uri = req.uri();
+    let uri_len = uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    if uri_len > MAX_URI {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the URI is {uri_len} bytes, over the limit of {MAX_URI}"),
+        )
+        .into_response();
+    }
+    let header_len: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_len > MAX_HEADERS {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("the headers are {header_len} bytes, over the limit of {MAX_HEADERS}"),
+        )
+        .into_response();
+    }
+    let response = next.run(req).await;
+    let status = response.status();
+    if status.as_u16() < 400 {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let error = ApiError {
+        status,
+        code: status_code_word(status),
+        field: query_field(&message),
+        message,
+    };
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.remove(axum::http::header::CONTENT_TYPE);
+    let fresh = error.into_response();
+    let (fresh_parts, fresh_body) = fresh.into_parts();
+    for (k, v) in fresh_parts.headers.iter() {
+        parts.headers.insert(k.clone(), v.clone());
+    }
+    Response::from_parts(parts, fresh_body)
 }
 
 /// The field named by serde's "missing field `x`" / "unknown field `x`".

@@ -88,6 +88,7 @@ pub async fn write(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
 async fn write_inner(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
     let facts = live(app)?;
     app.require_facts_token(headers)?;
+    super::error::check_content_type(headers)?;
     let value: Value = super::error::parse_json(body)?;
     match submit(facts, value, &Limits::default(), ACTOR).await? {
         Ok(revision) => Ok(Json(json!({ "revision": revision })).into_response()),
@@ -341,6 +342,7 @@ pub async fn put_data(State(app): State<Arc<App>>, headers: HeaderMap, body: Byt
     let result: Result<Response, ApiError> = async {
         let facts = live(&app)?;
         app.require_facts_token(&headers)?;
+        super::error::check_content_type(&headers)?;
         let items: Vec<Value> = super::error::parse_json(&body)?;
         match replace(facts, &app, items).await? {
             Ok(_) => Ok(all_entities(facts, &app)),

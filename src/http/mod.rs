@@ -10,10 +10,10 @@ pub mod cedar;
 pub mod error;
 pub mod facts;
 pub mod forward_auth;
+pub mod listen;
 pub mod ops;
 pub mod search;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ use tower_http::timeout::TimeoutLayer;
 use crate::engine::RequestInput;
 use crate::live_facts::At;
 use crate::pdp::Pdp;
+use crate::request_facts::RequestEntities;
 use error::ApiError;
 
 /// Limits and options of the HTTP server.
@@ -50,6 +51,15 @@ pub struct HttpConfig {
     /// How long a request with `Orgwarden-Min-Revision` waits for the facts
     /// to reach it before `503 stale_facts`.
     pub consistency_wait: Duration,
+    /// What a request's own entities may do (`add`: new entities only).
+    pub request_entities: RequestEntities,
+    /// Connection limits and timeouts.
+    pub connections: listen::ConnLimits,
+    /// Threads deciding requests with request facts at once.
+    pub decision_workers: usize,
+    /// Decisions with request facts that may wait for a thread; beyond
+    /// them a request is refused with 503 and `Retry-After`.
+    pub decision_queue: usize,
 }
 
 impl Default for HttpConfig {
@@ -64,6 +74,10 @@ impl Default for HttpConfig {
             forward_auth: crate::gateway::ForwardAuthConfig::default(),
             facts_token: None,
             consistency_wait: Duration::from_millis(1000),
+            request_entities: RequestEntities::default(),
+            connections: listen::ConnLimits::default(),
+            decision_workers: crate::pdp::default_workers(),
+            decision_queue: 64,
         }
     }
 }
@@ -108,6 +122,9 @@ impl App {
     pub fn new(pdp: Pdp, config: HttpConfig) -> Self {
         let admin_digest = digest(config.admin_token.as_deref());
         let facts_digest = digest(config.facts_token.as_deref());
+        let pdp = pdp
+            .with_request_entities(config.request_entities)
+            .with_heavy_limits(config.decision_workers, config.decision_queue);
         App {
             pdp,
             public_url: config.public_url.clone(),
@@ -187,6 +204,31 @@ impl App {
         Ok(at)
     }
 
+    /// Refuse an HTTP request whose items bring more entities, together,
+    /// than one request may (`field` names the list).
+    pub fn check_total_entities<'a>(
+        &self,
+        inputs: impl IntoIterator<Item = &'a RequestInput>,
+        field: &str,
+    ) -> Result<(), ApiError> {
+        let n: usize = inputs
+            .into_iter()
+            .flat_map(|i| [&i.entities, &i.additional_entities])
+            .filter_map(|v| v.as_ref().and_then(|v| v.as_array()).map(Vec::len))
+            .sum();
+        if n > self.config.max_request_entities {
+            return Err(ApiError::bad_request(
+                "too_many_entities",
+                field,
+                format!(
+                    "{n} entities in one request exceed the limit of {}",
+                    self.config.max_request_entities
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Refuse a request whose entities exceed the configured bound.
     pub fn check_bounds(&self, input: &RequestInput) -> Result<(), ApiError> {
         for (field, value) in [
@@ -260,11 +302,39 @@ fn require_bearer(
     }
 }
 
+/// Counts a request in flight until dropped: also when the request's
+/// future is dropped (a timeout, a client gone) before it answers.
+struct InFlight(Arc<App>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.pdp.metrics.in_flight.dec();
+    }
+}
+
 async fn count_in_flight(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     app.pdp.metrics.in_flight.inc();
-    let response = next.run(req).await;
-    app.pdp.metrics.in_flight.dec();
-    response
+    let _counted = InFlight(app);
+    next.run(req).await
+}
+
+async fn overloaded() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "the server is at its connection limit: retry later",
+    )
+}
+
+/// What a connection beyond the limit is served: health checks, and 503
+/// for everything else.
+fn shedding_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .fallback(overloaded)
+        .layer(middleware::from_fn(error::json_errors))
+        .with_state(app)
 }
 
 async fn not_found() -> ApiError {
@@ -313,20 +383,19 @@ pub fn router(app: Arc<App>) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
+        .layer(middleware::from_fn(error::json_errors))
         .with_state(app)
 }
 
-/// Serve `app` on `listener` until `shutdown` resolves, then drain requests in flight.
+/// Serve `app` on `listener` until `shutdown` resolves, then drain requests
+/// in flight; connections are bounded and timed out ([`listen`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = router(app);
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let limits = app.config.connections;
+    let metrics = app.pdp.metrics.clone();
+    let shedding = shedding_router(app.clone());
+    listen::serve(listener, router(app), shedding, limits, metrics, shutdown).await
 }

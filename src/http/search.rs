@@ -30,6 +30,7 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use cedar_policy::{EntityId, EntityTypeName, EntityUid};
@@ -64,6 +65,7 @@ type Answer = ([(HeaderName, HeaderValue); 1], Json<Value>);
 
 /// `page` of a search request (`next_token` is accepted for `token`).
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PageIn {
     #[serde(default, alias = "next_token")]
     pub token: Option<String>,
@@ -73,6 +75,7 @@ pub struct PageIn {
 
 /// A subject or resource search.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EntitySearch {
     pub subject: Entity,
     pub action: Action,
@@ -84,6 +87,7 @@ pub struct EntitySearch {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ActionSearch {
     pub subject: Entity,
     pub resource: Entity,
@@ -124,11 +128,25 @@ fn resolve_action(snap: &Snapshot, a: &Action) -> Result<EntityUid, ApiError> {
         .map_err(|e| ApiError::bad_request("unknown_action", "action.name", e.to_string()))
 }
 
-fn page_request(page: &Option<PageIn>) -> PageRequest {
+fn page_request(page: &Option<PageIn>) -> Result<PageRequest, ApiError> {
     let page = page.clone().unwrap_or_default();
-    PageRequest {
+    check_limit(page.limit, "page.limit")?;
+    Ok(PageRequest {
         token: page.token,
         limit: page.limit,
+    })
+}
+
+/// A page larger than [`search::MAX_LIMIT`] is refused, not clamped: the
+/// caller learns the bound instead of receiving fewer items than it asked.
+fn check_limit(limit: Option<usize>, field: &str) -> Result<(), ApiError> {
+    match limit {
+        Some(n) if n > search::MAX_LIMIT => Err(ApiError::bad_request(
+            "invalid_page_limit",
+            field,
+            format!("`limit` is at most {}, not {n}", search::MAX_LIMIT),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -216,7 +234,7 @@ pub async fn subject(
         let action = resolve_action(snap, &req.action)?;
         let resource = resolve_entity(snap, "resource", &req.resource)?;
         let context = context_value(&req.context);
-        let page = page_request(&req.page);
+        let page = page_request(&req.page)?;
         let page = on_source!(src, |s| search::subjects_in(
             snap, s, &ty, &action, &resource, &context, &page
         ))?;
@@ -237,7 +255,7 @@ pub async fn resource(
         no_properties("resource", &req.resource.properties)?;
         let ty = resolve_type(snap, "resource", &req.resource.type_name)?;
         let context = context_value(&req.context);
-        let page = page_request(&req.page);
+        let page = page_request(&req.page)?;
         let page = on_source!(src, |s| search::resources_in(
             snap, s, &subject, &action, &ty, &context, &page
         ))?;
@@ -256,7 +274,7 @@ pub async fn action(
         let subject = resolve_entity(snap, "subject", &req.subject)?;
         let resource = resolve_entity(snap, "resource", &req.resource)?;
         let context = context_value(&req.context);
-        let page = page_request(&req.page);
+        let page = page_request(&req.page)?;
         let page = on_source!(src, |s| search::actions_in(
             snap, s, &subject, &resource, &context, &page
         ))?;
@@ -318,10 +336,22 @@ pub(super) fn principal_from_path(snap: &Snapshot, text: &str) -> Result<EntityU
 /// `GET /v1/principals/{uid}/workspaces`.
 pub async fn workspaces(
     State(app): State<Arc<App>>,
-    Path(uid): Path<String>,
-    Query(q): Query<WorkspacesQuery>,
+    uid: Result<Path<String>, PathRejection>,
+    q: Result<Query<WorkspacesQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Answer, ApiError> {
+    let Path(uid) =
+        uid.map_err(|e| ApiError::bad_request("invalid_reference", "uid", e.body_text()))?;
+    let Query(q) = q.map_err(|e| {
+        let text = e.body_text();
+        let field = text
+            .strip_prefix("Failed to deserialize query string: ")
+            .and_then(|r| r.split_once(": "))
+            .map(|(f, _)| f.to_string())
+            .unwrap_or_else(|| "query".into());
+        ApiError::bad_request("invalid_request", field, text)
+    })?;
+    check_limit(q.limit, "limit")?;
     blocking(&app, &headers, move |snap, src, revision| {
         let principal = principal_from_path(snap, &uid)?;
         let ty = snap.names.resolve_type("Workspace").map_err(|_| {

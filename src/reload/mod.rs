@@ -21,8 +21,10 @@
 //! done (so that nothing it relied on can change in between). Live facts
 //! use it to re-validate the stored facts against a reloaded schema.
 
+pub mod last_good;
 mod watch;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -82,6 +84,8 @@ pub struct Live {
     watching: ArcSwap<Option<WatchConfig>>,
     /// The check candidates must pass (weak: its owner keeps it alive).
     admit: Mutex<Option<Weak<dyn Admit>>>,
+    /// Where the inputs of every good snapshot are kept ([`last_good`]).
+    last_good: Option<PathBuf>,
 }
 
 impl Live {
@@ -103,6 +107,70 @@ impl Live {
             serial: Mutex::new(()),
             watching: ArcSwap::from_pointee(None),
             admit: Mutex::new(None),
+            last_good: None,
+        }
+    }
+
+    /// Load `paths` for the first time, keeping the inputs of every good
+    /// snapshot in `dir` ([`last_good`]). When the files are invalid and
+    /// `dir` holds a saved set, serve that set instead, stale, with the
+    /// files' errors recorded as a failed reload's are; without a saved set
+    /// (or when it does not load either), fail with the files' errors.
+    pub fn load_with_last_good(paths: Paths, dir: PathBuf) -> Result<Self, Diagnostics> {
+        match load::load(&paths) {
+            Ok(snapshot) => {
+                let live = Self::from_snapshot(paths, snapshot).keeping_last_good(dir);
+                live.save_last_good(&live.snapshot());
+                Ok(live)
+            }
+            Err(diags) => {
+                let Some(saved) = last_good::saved(&dir) else {
+                    return Err(diags);
+                };
+                let snapshot = match load::load(&saved) {
+                    Ok(s) => s,
+                    Err(more) => {
+                        tracing::error!(
+                            error = %more.first_summary(),
+                            "the last good set in {} does not load either",
+                            dir.display()
+                        );
+                        return Err(diags);
+                    }
+                };
+                let summary = diags.first_summary();
+                tracing::error!(
+                    error = %summary,
+                    "the files are invalid: serving the last good set from {} (stale)",
+                    dir.display()
+                );
+                let live = Self::from_snapshot(paths, snapshot).keeping_last_good(dir);
+                live.last_error.store(Arc::new(Some(ReloadError {
+                    at: SystemTime::now(),
+                    summary,
+                    diagnostics: diags.0.clone(),
+                })));
+                live.failures.fetch_add(1, Ordering::Release);
+                Ok(live)
+            }
+        }
+    }
+
+    fn keeping_last_good(mut self, dir: PathBuf) -> Self {
+        self.last_good = Some(dir);
+        self
+    }
+
+    /// Keep the inputs of `snap`, a good snapshot, when asked to.
+    fn save_last_good(&self, snap: &Snapshot) {
+        let Some(dir) = &self.last_good else { return };
+        match last_good::save(dir, &self.paths, snap) {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!(
+                "the files changed since generation {} loaded: its set is not kept",
+                snap.generation
+            ),
+            Err(e) => tracing::error!("cannot keep the last good files in {}: {e}", dir.display()),
         }
     }
 
@@ -201,6 +269,7 @@ impl Live {
                 self.current.store(snapshot.clone());
                 drop(hold);
                 self.last_error.store(Arc::new(None));
+                self.save_last_good(&snapshot);
                 // Counted last: who sees the count sees the state.
                 self.reloads.fetch_add(1, Ordering::Release);
                 tracing::info!(

@@ -74,7 +74,11 @@ impl TestServer {
     ) -> Self {
         let live = Arc::new(Live::load(paths).expect("valid files"));
         let pdp = Pdp::new(live, Arc::new(Metrics::new()), cache_size, log);
-        let app = Arc::new(App::new(pdp, config));
+        Self::serve(Arc::new(App::new(pdp, config))).await
+    }
+
+    /// Serve `app` on a loopback port.
+    pub async fn serve(app: Arc<App>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
