@@ -147,6 +147,11 @@ impl Apply for Applier {
                 .map(|(uid, json)| (uid.to_string(), crate::facts::transfer::canonical(json)))
                 .collect(),
             deletes: applied.deleted.iter().map(|u| u.to_string()).collect(),
+            tags: applied
+                .tags
+                .into_iter()
+                .map(|(uid, key, value)| (uid.to_string(), key.to_string(), value))
+                .collect(),
         })
     }
 
@@ -190,9 +195,9 @@ impl LiveFacts {
         let store = Store::connect(url).await?;
         let snap = live.snapshot();
         let model = Model::new(&snap.schema).map_err(StartError::Model)?;
-        let (head, stored) = store.snapshot().await?;
-        let items = stored.into_iter().map(|e| e.json).collect();
-        let view = FactView::from_json(&model, items)
+        let (head, stored) = store.snapshot_texts().await?;
+        let items = stored.into_iter().map(|(_, json)| json).collect();
+        let view = FactView::from_texts(&model, items)
             .map_err(|errors| {
                 let lines: Vec<String> = errors.iter().take(20).map(|r| format!("  {r}")).collect();
                 StartError::Invalid(lines.join("\n"))

@@ -63,6 +63,7 @@ fn commit(actor: &str, upserts: Vec<(String, Value)>, deletes: Vec<String>) -> C
         ops: Value::Array(ops),
         upserts,
         deletes,
+        tags: Vec::new(),
     }
 }
 
