@@ -1307,7 +1307,14 @@ async fn tag_rows_case(u: String) {
     let (alice, mut alice_json) = entity("User", "alice", &[("Organization", "acme")]);
     alice_json["tags"] = json!({"ws1": role("viewer"), "ws2": role("owner")});
     store
-        .commit_group(0, &[commit("a", vec![(alice.clone(), alice_json.clone())], vec![])])
+        .commit_group(
+            0,
+            &[commit(
+                "a",
+                vec![(alice.clone(), alice_json.clone())],
+                vec![],
+            )],
+        )
         .await
         .unwrap();
     let tag = |key: &str, value: Option<Value>| (alice.clone(), key.to_string(), value);
@@ -1335,12 +1342,21 @@ async fn tag_rows_case(u: String) {
     let got = store.entity(&alice).await.unwrap().unwrap();
     assert_eq!((got.json.clone(), got.revision), (expected.clone(), 4));
     let (_, all) = store.snapshot().await.unwrap();
-    assert_eq!((all[0].json.clone(), all[0].revision), (expected.clone(), 4));
+    assert_eq!(
+        (all[0].json.clone(), all[0].revision),
+        (expected.clone(), 4)
+    );
     let (_, texts) = store.snapshot_texts().await.unwrap();
-    assert_eq!(serde_json::from_str::<Value>(&texts[0].1).unwrap(), expected);
+    assert_eq!(
+        serde_json::from_str::<Value>(&texts[0].1).unwrap(),
+        expected
+    );
     // The change log names the entity each tag write wrote.
     let log = store.changes_since(1, 10).await.unwrap();
-    assert!(log.iter().all(|c| c.upserted == vec![alice.clone()]), "{log:?}");
+    assert!(
+        log.iter().all(|c| c.upserted == vec![alice.clone()]),
+        "{log:?}"
+    );
     // Written whole, its tag rows go; a tag write after it in the same
     // group stays.
     let mut whole = alice_json.clone();

@@ -535,7 +535,12 @@ impl Checker<'_> {
             PartialValue::Residual(_) => return,
         };
         let Some((ws, org)) = self.workspace_of(key) else {
-            self.error(uid, format!("R6: {uid} has a role in workspace key {key:?}, but no workspace has that key"));
+            self.error(
+                uid,
+                format!(
+                    "R6: {uid} has a role in workspace key {key:?}, but no workspace has that key"
+                ),
+            );
             return;
         };
         match &org {
@@ -559,10 +564,7 @@ impl Checker<'_> {
         let before = self.out.len();
         self.role_use(uid, role, org.as_ref(), format!("role in {ws}"));
         if self.out.len() == before {
-            self.roles_fine
-                .entry(role.clone())
-                .or_default()
-                .push(org);
+            self.roles_fine.entry(role.clone()).or_default().push(org);
         }
     }
 

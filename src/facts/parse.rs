@@ -16,9 +16,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use cedar_policy::Entity;
+use cedar_policy_core::FromNormalizedStr;
 use cedar_policy_core::ast::{self, EntityUID, Literal, PartialValue, Value as CValue};
 use cedar_policy_core::entities::conformance::EntitySchemaConformanceChecker;
-use cedar_policy_core::FromNormalizedStr;
 use cedar_policy_core::extensions::Extensions;
 use cedar_policy_core::validator::CoreSchema;
 use serde_json::Value;
@@ -31,7 +31,11 @@ use super::Model;
 pub fn entity_ref(json: &Value) -> Option<EntityUID> {
     let (ty, id) = ref_parts(json)?;
     let name = ast::Name::from_normalized_str(ty).ok()?;
-    Some(EntityUID::from_components(name.into(), ast::Eid::new(id), None))
+    Some(EntityUID::from_components(
+        name.into(),
+        ast::Eid::new(id),
+        None,
+    ))
 }
 
 /// `(T, I)` of `{"__entity": {"type": T, "id": I}}`.
@@ -119,7 +123,9 @@ impl Interner {
         let ty = match self.types.get(ty) {
             Some(t) => t.clone()?,
             None => {
-                let t = ast::Name::from_normalized_str(ty).ok().map(ast::EntityType::from);
+                let t = ast::Name::from_normalized_str(ty)
+                    .ok()
+                    .map(ast::EntityType::from);
                 self.types.insert(ty.to_string(), t.clone());
                 t?
             }
@@ -275,6 +281,9 @@ mod tests {
                 }
             }
         }
-        assert!(fast_taken > 10, "the fast path was taken {fast_taken} times");
+        assert!(
+            fast_taken > 10,
+            "the fast path was taken {fast_taken} times"
+        );
     }
 }

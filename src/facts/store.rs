@@ -42,18 +42,18 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 /// `i` to `i + 1`. Each statement is valid on SQLite and PostgreSQL.
 pub const MIGRATIONS: &[&[&str]] = &[
     &[
-    "CREATE TABLE facts_meta (
+        "CREATE TABLE facts_meta (
         id INTEGER PRIMARY KEY,
         revision BIGINT NOT NULL,
         pruned_through BIGINT NOT NULL
     )",
-    "INSERT INTO facts_meta (id, revision, pruned_through) VALUES (1, 0, 0)",
-    "CREATE TABLE entities (
+        "INSERT INTO facts_meta (id, revision, pruned_through) VALUES (1, 0, 0)",
+        "CREATE TABLE entities (
         uid TEXT PRIMARY KEY,
         json TEXT NOT NULL,
         revision BIGINT NOT NULL
     )",
-    "CREATE TABLE changes (
+        "CREATE TABLE changes (
         revision BIGINT PRIMARY KEY,
         at TEXT NOT NULL,
         actor TEXT NOT NULL,
@@ -761,9 +761,7 @@ fn check_commit(c: &Commit) -> Result<(), String> {
             return Err("an empty uid".into());
         }
         if seen.contains(uid.as_str()) {
-            return Err(format!(
-                "{uid} is written whole and by tag in one commit"
-            ));
+            return Err(format!("{uid} is written whole and by tag in one commit"));
         }
         if !keys.insert((uid.as_str(), key.as_str())) {
             return Err(format!("tag {key:?} of {uid} is written twice"));

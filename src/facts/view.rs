@@ -158,10 +158,10 @@ const SHORT: usize = 32;
 fn value_refs<'a>(v: &'a PartialValue, out: &mut Vec<&'a EntityUID>) {
     fn walk<'a>(v: &'a ValueKind, out: &mut Vec<&'a EntityUID>) {
         match v {
-            ValueKind::Lit(Literal::EntityUID(u)) => {
-                if out.len() > SHORT || !out.iter().any(|o| *o == &**u) {
-                    out.push(u);
-                }
+            ValueKind::Lit(Literal::EntityUID(u))
+                if out.len() > SHORT || !out.iter().any(|o| *o == &**u) =>
+            {
+                out.push(u);
             }
             ValueKind::Set(s) => s.authoritative.iter().for_each(|x| walk(&x.value, out)),
             ValueKind::Record(r) => r.values().for_each(|x| walk(&x.value, out)),
