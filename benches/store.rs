@@ -68,6 +68,7 @@ fn set_tag_commit(template: &Value, i: usize, n: usize) -> Commit {
                      "value": {"__entity": {"type": "Prefect::Role", "id": role}}}]),
         upserts: vec![(uid, entity)],
         deletes: vec![],
+        tags: vec![],
     }
 }
 

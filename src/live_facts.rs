@@ -255,10 +255,13 @@ impl Apply for Applier {
         drop(gate);
         debug_assert_eq!(applied.revision, revision);
         self.working = next;
+        // Tag-only writes are in `tags`, not `upserted`: the search index
+        // reads tags too.
         let touched: Arc<[cedar_policy::EntityUid]> = applied
             .upserted
             .iter()
             .map(|(uid, _)| uid.clone())
+            .chain(applied.tags.iter().map(|(uid, _, _)| uid.clone()))
             .chain(applied.deleted.iter().cloned())
             .collect();
         self.staged.push((applied.revision, touched));
@@ -271,6 +274,11 @@ impl Apply for Applier {
                 .map(|(uid, json)| (uid.to_string(), crate::facts::transfer::canonical(json)))
                 .collect(),
             deletes: applied.deleted.iter().map(|u| u.to_string()).collect(),
+            tags: applied
+                .tags
+                .into_iter()
+                .map(|(uid, key, value)| (uid.to_string(), key.to_string(), value))
+                .collect(),
         })
     }
 
@@ -529,6 +537,27 @@ impl SchemaCheck {
     }
 }
 
+/// [`load_view`] from the entities' JSON texts (`(uid, json, revision)`):
+/// parsed on the view's build threads, never all held as JSON values.
+fn load_texts(
+    model: &Model,
+    stored: Vec<(String, String, u64)>,
+    head: u64,
+) -> Result<FactView, StartError> {
+    let revs: Vec<(cedar_policy::EntityUid, u64)> = stored
+        .iter()
+        .filter_map(|(uid, _, r)| Some((uid.parse().ok()?, *r)))
+        .collect();
+    let items = stored.into_iter().map(|(_, json, _)| json).collect();
+    let view = FactView::from_texts(model, items)
+        .map_err(|errors| {
+            let lines: Vec<String> = errors.iter().take(20).map(|r| format!("  {r}")).collect();
+            StartError::Invalid(lines.join("\n"))
+        })?
+        .at_revision(head);
+    Ok(view.with_revisions(revs))
+}
+
 /// The view of a store's entities at `head`, checked as a load is.
 fn load_view(model: &Model, stored: Vec<StoredEntity>, head: u64) -> Result<FactView, StartError> {
     let revs: Vec<(cedar_policy::EntityUid, u64)> = stored
@@ -627,12 +656,12 @@ impl LiveFacts {
         let model = Arc::new(Model::new(&snap.schema).map_err(StartError::Model)?);
         let first = async {
             store.check_schema().await?;
-            store.snapshot().await
+            store.snapshot_texts().await
         }
         .await;
         let (view, status) = match first {
             Ok((head, stored)) => (
-                load_view(&model, stored, head)?,
+                load_texts(&model, stored, head)?,
                 StoreStatus::new(true, head),
             ),
             Err(e) if e.is_unreachable() => {

@@ -63,6 +63,7 @@ fn commit(actor: &str, upserts: Vec<(String, Value)>, deletes: Vec<String>) -> C
         ops: Value::Array(ops),
         upserts,
         deletes,
+        tags: Vec::new(),
     }
 }
 
@@ -1183,6 +1184,7 @@ fn postgres_has_the_same_semantics() {
         writer_case(pg.database("writer").await).await;
         failed_commit_case(pg.database("failed").await).await;
         import_replace_case(pg.database("import").await).await;
+        tag_rows_case(pg.database("tags").await).await;
 
         // Two writers racing on one base: exactly one wins, the other
         // conflicts, and the revisions stay gap-free.
@@ -1211,4 +1213,103 @@ fn postgres_has_the_same_semantics() {
         assert_eq!(revs, (1..=20).collect::<Vec<u64>>());
         assert_eq!(a.snapshot().await.unwrap().1.len(), 20);
     });
+}
+
+#[test]
+fn tags_written_one_at_a_time_read_back_in_whole_entities() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(tag_rows_case(url(dir.path(), "facts.db")));
+}
+
+async fn tag_rows_case(u: String) {
+    let store = Store::open(&u).await.unwrap();
+    let role = |id: &str| json!({"__entity": {"type": "Prefect::Role", "id": id}});
+    let (alice, mut alice_json) = entity("User", "alice", &[("Organization", "acme")]);
+    alice_json["tags"] = json!({"ws1": role("viewer"), "ws2": role("owner")});
+    store
+        .commit_group(
+            0,
+            &[commit(
+                "a",
+                vec![(alice.clone(), alice_json.clone())],
+                vec![],
+            )],
+        )
+        .await
+        .unwrap();
+    let tag = |key: &str, value: Option<Value>| (alice.clone(), key.to_string(), value);
+    let by_tag = |tags: Vec<(String, String, Option<Value>)>| Commit {
+        actor: "t".into(),
+        ops: json!([]),
+        tags,
+        ..Commit::default()
+    };
+    // One group: a tag set, then another set and a removal, then a tag
+    // rewritten: each key's last write wins, at its own revision.
+    store
+        .commit_group(
+            1,
+            &[
+                by_tag(vec![tag("ws3", Some(role("runner")))]),
+                by_tag(vec![tag("ws1", Some(role("owner"))), tag("ws2", None)]),
+                by_tag(vec![tag("ws3", Some(role("developer")))]),
+            ],
+        )
+        .await
+        .unwrap();
+    let mut expected = alice_json.clone();
+    expected["tags"] = json!({"ws1": role("owner"), "ws3": role("developer")});
+    let got = store.entity(&alice).await.unwrap().unwrap();
+    assert_eq!((got.json.clone(), got.revision), (expected.clone(), 4));
+    let (_, all) = store.snapshot().await.unwrap();
+    assert_eq!(
+        (all[0].json.clone(), all[0].revision),
+        (expected.clone(), 4)
+    );
+    let (_, texts) = store.snapshot_texts().await.unwrap();
+    assert_eq!(
+        (
+            serde_json::from_str::<Value>(&texts[0].1).unwrap(),
+            texts[0].2
+        ),
+        (expected.clone(), 4)
+    );
+    // The change log names the entity each tag write wrote.
+    let log = store.changes_since(1, 10).await.unwrap();
+    assert!(
+        log.iter().all(|c| c.upserted == vec![alice.clone()]),
+        "{log:?}"
+    );
+    // Written whole, its tag rows go; a tag write after it in the same
+    // group stays.
+    let mut whole = alice_json.clone();
+    whole["tags"] = json!({"ws9": role("viewer")});
+    store
+        .commit_group(
+            4,
+            &[
+                by_tag(vec![tag("ws5", Some(role("viewer")))]),
+                commit("w", vec![(alice.clone(), whole.clone())], vec![]),
+                by_tag(vec![tag("ws6", Some(role("worker")))]),
+            ],
+        )
+        .await
+        .unwrap();
+    let mut expected = whole.clone();
+    expected["tags"]["ws6"] = role("worker");
+    let got = store.entity(&alice).await.unwrap().unwrap();
+    assert_eq!((got.json, got.revision), (expected, 7));
+    // A commit writing an entity whole and by tag is refused, changing
+    // nothing.
+    let mut both = commit("x", vec![(alice.clone(), whole.clone())], vec![]);
+    both.tags = vec![tag("ws1", None)];
+    assert!(store.commit_group(7, &[both]).await.is_err());
+    assert_eq!(store.head().await.unwrap(), 7);
+    // Deleted, nothing of it is left.
+    store
+        .commit_group(7, &[commit("d", vec![], vec![alice.clone()])])
+        .await
+        .unwrap();
+    assert!(store.entity(&alice).await.unwrap().is_none());
+    assert!(store.snapshot().await.unwrap().1.is_empty());
 }

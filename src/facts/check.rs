@@ -36,7 +36,7 @@ pub trait Lookup {
 const NS: &str = "Prefect";
 
 /// The domain's indexes over a view.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct DomainIndex {
     /// Workspace key -> the workspaces with it.
     ws_by_key: PMap<SmolStr, PSet<EntityUID>>,
@@ -275,6 +275,8 @@ pub(super) fn check<'a>(
     let mut c = Checker {
         view,
         out: Vec::new(),
+        workspaces: HashMap::new(),
+        roles_fine: HashMap::new(),
     };
     for uid in targets {
         let Some(e) = view.entity(uid) else { continue };
@@ -320,9 +322,45 @@ pub(super) fn check<'a>(
     c.out
 }
 
+/// The checks a change of `keys` of `uid`'s tags (each now set) can fail:
+/// R6 and R9 for each of those tags ([`Checker::tag`], the rule the full
+/// check runs for every tag). Nothing else a load checks reads a tag.
+pub(super) fn check_tags(
+    view: &dyn Lookup,
+    uid: &EntityUID,
+    keys: &[SmolStr],
+) -> Vec<(EntityUID, String)> {
+    let mut c = Checker {
+        view,
+        out: Vec::new(),
+        workspaces: HashMap::new(),
+        roles_fine: HashMap::new(),
+    };
+    let Some(e) = view.entity(uid) else {
+        return c.out;
+    };
+    let is_service_account = match kind(uid).as_deref() {
+        Some("User") => false,
+        Some("ServiceAccount") => true,
+        _ => return c.out,
+    };
+    let ancestors: HashSet<&EntityUID> = e.ancestors().collect();
+    for key in keys {
+        if let Some(value) = e.get_tag(key) {
+            c.tag(uid, is_service_account, &ancestors, key, value);
+        }
+    }
+    c.out
+}
+
 struct Checker<'a> {
     view: &'a dyn Lookup,
     out: Vec<(EntityUID, String)>,
+    /// Memo of [`Checker::workspace_of`] (the view does not change during
+    /// a check).
+    workspaces: HashMap<SmolStr, Option<(EntityUID, Option<EntityUID>)>>,
+    /// Role -> the workspace organizations it was found usable in.
+    roles_fine: HashMap<EntityUID, Vec<Option<EntityUID>>>,
 }
 
 impl Checker<'_> {
@@ -456,39 +494,82 @@ impl Checker<'_> {
             self.error(uid, format!("R5: service account {uid} names `org` {org} but is not a member of it; add {org} to its parents"));
         }
         for (key, value) in e.tags() {
-            let role = match value {
-                PartialValue::Value(v) => match &v.value {
-                    ValueKind::Lit(Literal::EntityUID(r)) => (**r).clone(),
-                    _ => continue,
-                },
-                PartialValue::Residual(_) => continue,
-            };
-            let ws = self
-                .view
-                .domain()
-                .ws_by_key
-                .get(key)
-                .and_then(|set| match set.len() {
-                    1 => set.iter().next().cloned(),
-                    _ => set.iter().min_by_key(|w| w.to_string()).cloned(),
-                });
-            let Some(ws) = ws else {
-                self.error(uid, format!("R6: {uid} has a role in workspace key {key:?}, but no workspace has that key"));
-                continue;
-            };
-            let org = self.view.entity(&ws).and_then(|w| entity_attr(w, "org"));
-            match &org {
-                Some(org) if !ancestors.contains(org) => self.error(
-                    uid,
-                    format!("R6: {uid} has role {role} in {ws} but is not a member of its organization {org}; members and service accounts must belong to the organization first"),
+            self.tag(uid, is_service_account, &ancestors, key, value);
+        }
+    }
+
+    /// The workspace a tag key names (of several with the key, the first by
+    /// uid, as the full check's map keeps it) and its organization.
+    fn workspace_of(&mut self, key: &SmolStr) -> Option<(EntityUID, Option<EntityUID>)> {
+        if let Some(known) = self.workspaces.get(key) {
+            return known.clone();
+        }
+        let view = self.view;
+        let ws = view
+            .domain()
+            .ws_by_key
+            .get(key)
+            .and_then(|set| match set.len() {
+                1 => set.iter().next().cloned(),
+                _ => set.iter().min_by_key(|w| w.to_string()).cloned(),
+            });
+        let found = ws.map(|ws| {
+            let org = view.entity(&ws).and_then(|w| entity_attr(w, "org"));
+            (ws, org)
+        });
+        self.workspaces.insert(key.clone(), found.clone());
+        found
+    }
+
+    /// R6 and R9 for one tag of a principal: the workspace its key names
+    /// exists, the principal belongs to its organization (a service account
+    /// holds no role in a personal workspace), and the role is usable there.
+    fn tag(
+        &mut self,
+        uid: &EntityUID,
+        is_service_account: bool,
+        ancestors: &HashSet<&EntityUID>,
+        key: &SmolStr,
+        value: &PartialValue,
+    ) {
+        let role = match value {
+            PartialValue::Value(v) => match &v.value {
+                ValueKind::Lit(Literal::EntityUID(r)) => &**r,
+                _ => return,
+            },
+            PartialValue::Residual(_) => return,
+        };
+        let Some((ws, org)) = self.workspace_of(key) else {
+            self.error(
+                uid,
+                format!(
+                    "R6: {uid} has a role in workspace key {key:?}, but no workspace has that key"
                 ),
-                None if is_service_account => self.error(
-                    uid,
-                    format!("R6: service account {uid} has role {role} in personal workspace {ws}; only users can be collaborators"),
-                ),
-                _ => {}
-            }
-            self.role_use(uid, &role, org.as_ref(), format!("role in {ws}"));
+            );
+            return;
+        };
+        match &org {
+            Some(org) if !ancestors.contains(org) => self.error(
+                uid,
+                format!("R6: {uid} has role {role} in {ws} but is not a member of its organization {org}; members and service accounts must belong to the organization first"),
+            ),
+            None if is_service_account => self.error(
+                uid,
+                format!("R6: service account {uid} has role {role} in personal workspace {ws}; only users can be collaborators"),
+            ),
+            _ => {}
+        }
+        let fine = self
+            .roles_fine
+            .get(role)
+            .is_some_and(|orgs| orgs.contains(&org));
+        if fine {
+            return;
+        }
+        let before = self.out.len();
+        self.role_use(uid, role, org.as_ref(), format!("role in {ws}"));
+        if self.out.len() == before {
+            self.roles_fine.entry(role.clone()).or_default().push(org);
         }
     }
 

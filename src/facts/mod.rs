@@ -8,6 +8,8 @@
 //!   revision. Deriving the next revision costs the change: the maps are
 //!   persistent (structurally shared), ancestors are kept transitively
 //!   closed and recomputed only for the entities below a changed one.
+//! * [`parse`]: entity JSON to Cedar entities against the schema, with a
+//!   fast path for tags that name entities.
 //! * [`check`]: the domain's load-time checks ([`crate::domain`]) evaluated
 //!   on the entities a batch affects, using the view's indexes.
 //! * [`slice`]: deciding a request against a view: a small request-scoped
@@ -22,14 +24,15 @@
 
 pub mod check;
 pub mod ops;
+pub mod parse;
 pub mod slice;
 pub mod store;
 pub mod transfer;
 pub mod view;
 pub mod writer;
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use cedar_policy::Schema;
 use cedar_policy_core::ast;
@@ -50,6 +53,9 @@ pub struct Model {
     pub actions: HashMap<ast::EntityUID, Arc<ast::Entity>>,
     /// [`crate::domain::applies`] to the schema.
     pub domain: bool,
+    /// Tag values found to conform as tags of an entity type (a memo of
+    /// [`parse::tag_conforms`]: the answer depends only on the schema).
+    pub(crate) tag_values: Arc<Mutex<HashSet<(ast::EntityType, ast::EntityUID)>>>,
 }
 
 impl Model {
@@ -69,6 +75,7 @@ impl Model {
             names: Names::new(schema),
             actions,
             domain: crate::domain::applies(schema),
+            tag_values: Arc::default(),
         })
     }
 }

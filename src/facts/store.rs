@@ -9,9 +9,17 @@
 //!   gap-free and visible in commit order.
 //! - **Rows.** `entities(uid, json, revision)` holds each entity's Cedar
 //!   JSON under its canonical uid (`Prefect::User::"alice"`) and the
-//!   revision that last wrote it; `changes(revision, at, actor, ops,
-//!   upserted, deleted)` is the change log, one row per revision, with the
-//!   batch as accepted and the uids it wrote and deleted.
+//!   revision that last wrote it whole; `entity_tags(uid, key, value,
+//!   revision)` holds tags written one at a time since (a membership's role:
+//!   the most common write, one small row instead of a principal's whole
+//!   JSON with its hundreds of tags), each overriding the entity row's tag
+//!   of that key (`value` NULL: removed). Writing an entity whole or
+//!   deleting it drops its tag rows. Readers ([`Store::snapshot`],
+//!   [`Store::entity`]) see whole entities: the entity row with its tag
+//!   rows applied, at the newer of their revisions. `changes(revision, at,
+//!   actor, ops, upserted, deleted)` is the change log, one row per
+//!   revision, with the batch as accepted and the uids it wrote and
+//!   deleted.
 //! - **Durability.** SQLite runs in WAL mode with `synchronous=FULL`: a
 //!   commit that returned is on disk. PostgreSQL commits are durable by its
 //!   own default.
@@ -41,19 +49,20 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 
 /// Every migration, in order: migration `i` takes the schema from version
 /// `i` to `i + 1`. Each statement is valid on SQLite and PostgreSQL.
-pub const MIGRATIONS: &[&[&str]] = &[&[
-    "CREATE TABLE facts_meta (
+pub const MIGRATIONS: &[&[&str]] = &[
+    &[
+        "CREATE TABLE facts_meta (
         id INTEGER PRIMARY KEY,
         revision BIGINT NOT NULL,
         pruned_through BIGINT NOT NULL
     )",
-    "INSERT INTO facts_meta (id, revision, pruned_through) VALUES (1, 0, 0)",
-    "CREATE TABLE entities (
+        "INSERT INTO facts_meta (id, revision, pruned_through) VALUES (1, 0, 0)",
+        "CREATE TABLE entities (
         uid TEXT PRIMARY KEY,
         json TEXT NOT NULL,
         revision BIGINT NOT NULL
     )",
-    "CREATE TABLE changes (
+        "CREATE TABLE changes (
         revision BIGINT PRIMARY KEY,
         at TEXT NOT NULL,
         actor TEXT NOT NULL,
@@ -61,7 +70,15 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
         upserted TEXT NOT NULL,
         deleted TEXT NOT NULL
     )",
-]];
+    ],
+    &["CREATE TABLE entity_tags (
+        uid TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT,
+        revision BIGINT NOT NULL,
+        PRIMARY KEY (uid, key)
+    )"],
+];
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
@@ -184,6 +201,10 @@ pub struct Commit {
     pub upserts: Vec<(String, serde_json::Value)>,
     /// Entities removed, by canonical uid.
     pub deletes: Vec<String>,
+    /// Tags written one at a time, of entities not written whole or
+    /// removed by this commit: `(canonical uid, key, value)`, `None`
+    /// removing the tag.
+    pub tags: Vec<(String, String, Option<serde_json::Value>)>,
 }
 
 /// One row of the change log.
@@ -569,12 +590,48 @@ impl Store {
         let rows = sqlx::query("SELECT uid, json, revision FROM entities")
             .fetch_all(&mut *tx)
             .await?;
+        let mut tags = tag_rows(&mut tx, None).await?;
         tx.commit().await?;
         let mut out = rows
             .iter()
             .map(stored_entity)
             .collect::<Result<Vec<_>, _>>()?;
+        for e in &mut out {
+            if let Some(rows) = tags.remove(&e.uid) {
+                e.revision = e.revision.max(overlay(&mut e.json, rows));
+            }
+        }
         out.sort_by(|a, b| a.uid.cmp(&b.uid));
+        Ok((head, out))
+    }
+
+    /// [`Store::snapshot`] with each entity's JSON as text, sorted by uid:
+    /// `(uid, json, revision)` (for a reader that parses them itself,
+    /// without holding every entity as a JSON value).
+    pub async fn snapshot_texts(&self) -> Result<(u64, Vec<(String, String, u64)>), StoreError> {
+        let mut tx = self.read_tx().await?;
+        let (head, _) = Self::meta_in(&mut tx).await?;
+        let rows = sqlx::query("SELECT uid, json, revision FROM entities")
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut tags = tag_rows(&mut tx, None).await?;
+        tx.commit().await?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                let uid: String = r.try_get(0)?;
+                let mut json: String = r.try_get(1)?;
+                let mut revision = rev(r.try_get::<i64, _>(2)?)?;
+                if let Some(rows) = tags.remove(&uid) {
+                    let mut value = parse_json(&format!("entity {uid}"), &json)?;
+                    revision = revision.max(overlay(&mut value, rows));
+                    json = value.to_string();
+                }
+                Ok((uid, json, revision))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        drop(rows);
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok((head, out))
     }
 
@@ -588,13 +645,22 @@ impl Store {
 
     /// One entity by canonical uid.
     pub async fn entity(&self, uid: &str) -> Result<Option<StoredEntity>, StoreError> {
-        sqlx::query("SELECT uid, json, revision FROM entities WHERE uid = $1")
+        let mut tx = self.read_tx().await?;
+        let row = sqlx::query("SELECT uid, json, revision FROM entities WHERE uid = $1")
             .bind(uid)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(stored_entity)
-            .transpose()
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let mut tags = tag_rows(&mut tx, Some(uid)).await?;
+        tx.commit().await?;
+        let mut e = stored_entity(&row)?;
+        if let Some(rows) = tags.remove(uid) {
+            e.revision = e.revision.max(overlay(&mut e.json, rows));
+        }
+        Ok(Some(e))
     }
 
     /// Commit `commits` in one transaction, as revisions `base + 1`,
@@ -855,8 +921,14 @@ async fn delta_in(
         for uid in chunk {
             q = q.bind(uid.as_str());
         }
-        for row in q.fetch_all(&mut **tx).await? {
-            delta.rows.push(stored_entity(&row)?);
+        let found = q.fetch_all(&mut **tx).await?;
+        let mut tags = tag_rows_of(tx, chunk).await?;
+        for row in &found {
+            let mut e = stored_entity(row)?;
+            if let Some(rows) = tags.remove(&e.uid) {
+                e.revision = e.revision.max(overlay(&mut e.json, rows));
+            }
+            delta.rows.push(e);
         }
     }
     let present: HashSet<&str> = delta.rows.iter().map(|e| e.uid.as_str()).collect();
@@ -867,6 +939,100 @@ async fn delta_in(
         .collect();
     delta.rows.sort_by(|a, b| a.uid.cmp(&b.uid));
     Ok(delta)
+}
+
+/// One tag row: key, value (`None`: removed), revision.
+type TagRow = (String, Option<serde_json::Value>, u64);
+
+/// The tag rows of every entity (or of `uid`), by uid.
+async fn tag_rows(
+    tx: &mut Transaction<'static, Any>,
+    uid: Option<&str>,
+) -> Result<HashMap<String, Vec<TagRow>>, StoreError> {
+    let rows = match uid {
+        Some(uid) => {
+            sqlx::query("SELECT uid, key, value, revision FROM entity_tags WHERE uid = $1")
+                .bind(uid)
+                .fetch_all(&mut **tx)
+                .await?
+        }
+        None => {
+            sqlx::query("SELECT uid, key, value, revision FROM entity_tags")
+                .fetch_all(&mut **tx)
+                .await?
+        }
+    };
+    let mut out: HashMap<String, Vec<TagRow>> = HashMap::new();
+    for r in &rows {
+        let (uid, row) = tag_row(r)?;
+        out.entry(uid).or_default().push(row);
+    }
+    Ok(out)
+}
+
+/// The tag rows of the entities `uids` (at most [`ROWS_PER_STATEMENT`]),
+/// by uid.
+async fn tag_rows_of(
+    tx: &mut Transaction<'static, Any>,
+    uids: &[String],
+) -> Result<HashMap<String, Vec<TagRow>>, StoreError> {
+    let mut out: HashMap<String, Vec<TagRow>> = HashMap::new();
+    if uids.is_empty() {
+        return Ok(out);
+    }
+    let marks: Vec<String> = (1..=uids.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT uid, key, value, revision FROM entity_tags WHERE uid IN ({})",
+        marks.join(", ")
+    );
+    let mut q = sqlx::query(&sql);
+    for uid in uids {
+        q = q.bind(uid.as_str());
+    }
+    for r in &q.fetch_all(&mut **tx).await? {
+        let (uid, row) = tag_row(r)?;
+        out.entry(uid).or_default().push(row);
+    }
+    Ok(out)
+}
+
+/// One row of `entity_tags`: its uid and the tag.
+fn tag_row(r: &AnyRow) -> Result<(String, TagRow), StoreError> {
+    let uid: String = r.try_get(0)?;
+    let key: String = r.try_get(1)?;
+    let value: Option<String> = r.try_get(2)?;
+    let value = value
+        .map(|v| parse_json(&format!("tag {key:?} of {uid}"), &v))
+        .transpose()?;
+    let revision = rev(r.try_get::<i64, _>(3)?)?;
+    Ok((uid, (key, value, revision)))
+}
+
+/// Apply tag rows to an entity's JSON; the newest of their revisions.
+fn overlay(json: &mut serde_json::Value, rows: Vec<TagRow>) -> u64 {
+    let mut newest = 0;
+    let Some(entity) = json.as_object_mut() else {
+        return newest;
+    };
+    let tags = entity
+        .entry("tags")
+        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+    if !tags.is_object() {
+        *tags = serde_json::Value::Object(serde_json::Map::new());
+    }
+    let tags = tags.as_object_mut().expect("an object");
+    for (key, value, revision) in rows {
+        newest = newest.max(revision);
+        match value {
+            Some(v) => {
+                tags.insert(key, v);
+            }
+            None => {
+                tags.shift_remove(&key);
+            }
+        }
+    }
+    newest
 }
 
 fn stored_entity(row: &AnyRow) -> Result<StoredEntity, StoreError> {
@@ -907,6 +1073,18 @@ fn check_commit(c: &Commit) -> Result<(), String> {
             return Err(format!("{uid} is written twice"));
         }
     }
+    let mut keys = HashSet::with_capacity(c.tags.len());
+    for (uid, key, _) in &c.tags {
+        if uid.is_empty() {
+            return Err("an empty uid".into());
+        }
+        if seen.contains(uid.as_str()) {
+            return Err(format!("{uid} is written whole and by tag in one commit"));
+        }
+        if !keys.insert((uid.as_str(), key.as_str())) {
+            return Err(format!("tag {key:?} of {uid} is written twice"));
+        }
+    }
     Ok(())
 }
 
@@ -918,6 +1096,10 @@ struct GroupRows<'a> {
     deletes: Vec<&'a str>,
     /// `(uid, json, revision)`.
     upserts: Vec<(&'a str, String, i64)>,
+    /// Uids written whole or deleted: their older tag rows go.
+    whole: Vec<&'a str>,
+    /// `(uid, key, value, revision)`, written after the whole entities.
+    tags: Vec<(&'a str, &'a str, Option<String>, i64)>,
     /// `(revision, actor, ops, upserted, deleted)`.
     changes: Vec<(i64, &'a str, String, String, String)>,
     at: String,
@@ -926,22 +1108,44 @@ struct GroupRows<'a> {
 impl<'a> GroupRows<'a> {
     fn new(base: u64, commits: &'a [Commit], at: &str) -> Result<Self, StoreError> {
         let mut last: HashMap<&'a str, (usize, Option<&'a serde_json::Value>)> = HashMap::new();
+        // Per uid, per key: the last tag write, and its commit.
+        type Tags<'a> = HashMap<&'a str, (usize, Option<&'a serde_json::Value>)>;
+        let mut tag_writes: HashMap<&'a str, Tags<'a>> = HashMap::new();
         let mut changes = Vec::with_capacity(commits.len());
         let uid_list = |uids: Vec<&str>| serde_json::Value::from(uids).to_string();
         for (i, c) in commits.iter().enumerate() {
             for (uid, json) in &c.upserts {
                 last.insert(uid, (i, Some(json)));
+                tag_writes.remove(uid.as_str());
             }
             for uid in &c.deletes {
                 last.insert(uid, (i, None));
+                tag_writes.remove(uid.as_str());
+            }
+            let mut written: Vec<&str> = c.upserts.iter().map(|(u, _)| u.as_str()).collect();
+            for (uid, key, value) in &c.tags {
+                tag_writes
+                    .entry(uid)
+                    .or_default()
+                    .insert(key, (i, value.as_ref()));
+                if !written.contains(&uid.as_str()) {
+                    written.push(uid);
+                }
             }
             changes.push((
                 sql_rev(base + i as u64 + 1)?,
                 c.actor.as_str(),
                 c.ops.to_string(),
-                uid_list(c.upserts.iter().map(|(u, _)| u.as_str()).collect()),
+                uid_list(written),
                 uid_list(c.deletes.iter().map(String::as_str).collect()),
             ));
+        }
+        let whole: Vec<&str> = last.keys().copied().collect();
+        let mut tags = Vec::new();
+        for (uid, keys) in tag_writes {
+            for (key, (i, value)) in keys {
+                tags.push((uid, key, value.map(|v| v.to_string()), changes[i].0));
+            }
         }
         let mut deletes = Vec::new();
         let mut upserts = Vec::new();
@@ -954,6 +1158,8 @@ impl<'a> GroupRows<'a> {
         Ok(GroupRows {
             deletes,
             upserts,
+            whole,
+            tags,
             changes,
             at: at.to_string(),
         })
@@ -993,6 +1199,34 @@ async fn write_rows(
         let mut q = sqlx::query(&sql);
         for (uid, json, revision) in chunk {
             q = q.bind(*uid).bind(json.as_str()).bind(*revision);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    for chunk in rows.whole.chunks(ROWS_PER_STATEMENT) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "DELETE FROM entity_tags WHERE uid IN ({})",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for uid in chunk {
+            q = q.bind(*uid);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    for chunk in rows.tags.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO entity_tags (uid, key, value, revision) VALUES {} \
+             ON CONFLICT (uid, key) DO UPDATE SET value = excluded.value, revision = excluded.revision",
+            placeholders(chunk.len(), 4)
+        );
+        let mut q = sqlx::query(&sql);
+        for (uid, key, value, revision) in chunk {
+            q = q
+                .bind(*uid)
+                .bind(*key)
+                .bind(value.as_deref())
+                .bind(*revision);
         }
         q.execute(&mut **tx).await?;
     }

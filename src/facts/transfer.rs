@@ -130,6 +130,7 @@ pub async fn import(
         }]),
         upserts: entities,
         deletes,
+        tags: Vec::new(),
     };
     let revisions = store.commit_group(head, &[commit]).await?;
     debug_assert_eq!(revisions, vec![report.revision]);

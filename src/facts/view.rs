@@ -37,6 +37,7 @@ use smol_str::SmolStr;
 use super::Model;
 use super::check::{self, DomainIndex, Lookup, reindex};
 use super::ops::{Batch, Op};
+use super::parse;
 
 /// One entity at a revision.
 #[derive(Debug, Clone)]
@@ -90,6 +91,10 @@ pub struct Applied {
     /// Entities whose data changed or that are new, each as entity JSON
     /// (uid, attrs, direct parents, tags): what an entity file holds.
     pub upserted: Vec<(EntityUid, Value)>,
+    /// Entities whose only change is to some of their tags (not in
+    /// `upserted`): `(entity, key, new value)` per changed tag, `None` for a
+    /// removed one, values in Cedar's JSON value format.
+    pub tags: Vec<(EntityUid, SmolStr, Option<Value>)>,
     /// Entities deleted.
     pub deleted: Vec<EntityUid>,
     /// Every entity whose data or closed ancestors changed (including the
@@ -132,6 +137,67 @@ fn collect_value_refs(v: &ValueKind, out: &mut HashSet<EntityUID>) {
         ValueKind::Record(r) => r.values().for_each(|x| collect_value_refs(&x.value, out)),
         _ => {}
     }
+}
+
+/// The distinct uids `e`'s attributes and tags name, in `out` (an entity
+/// names few distinct entities however many tags it holds: a short list
+/// deduplicated as it grows, sorted when long).
+fn entity_refs<'a>(e: &'a ast::Entity, out: &mut Vec<&'a EntityUID>) {
+    out.clear();
+    for (_, v) in e.attrs().chain(e.tags()) {
+        value_refs(v, out);
+    }
+    if out.len() > SHORT {
+        out.sort_unstable();
+        out.dedup();
+    }
+}
+
+const SHORT: usize = 32;
+
+fn value_refs<'a>(v: &'a PartialValue, out: &mut Vec<&'a EntityUID>) {
+    fn walk<'a>(v: &'a ValueKind, out: &mut Vec<&'a EntityUID>) {
+        match v {
+            ValueKind::Lit(Literal::EntityUID(u))
+                if out.len() > SHORT || !out.iter().any(|o| *o == &**u) =>
+            {
+                out.push(u);
+            }
+            ValueKind::Set(s) => s.authoritative.iter().for_each(|x| walk(&x.value, out)),
+            ValueKind::Record(r) => r.values().for_each(|x| walk(&x.value, out)),
+            _ => {}
+        }
+    }
+    if let PartialValue::Value(v) = v {
+        walk(&v.value, out);
+    }
+}
+
+/// The entity a tag value names, when it is one entity reference.
+fn named(v: &PartialValue) -> Option<&EntityUID> {
+    match v {
+        PartialValue::Value(v) => match &v.value {
+            ValueKind::Lit(Literal::EntityUID(u)) => Some(u),
+            _ => None,
+        },
+        PartialValue::Residual(_) => None,
+    }
+}
+
+/// Do `e`'s attributes or tags name `uid`? (Stops at the first.)
+fn names(e: &ast::Entity, uid: &EntityUID) -> bool {
+    fn walk(v: &ValueKind, uid: &EntityUID) -> bool {
+        match v {
+            ValueKind::Lit(Literal::EntityUID(u)) => **u == *uid,
+            ValueKind::Set(s) => s.authoritative.iter().any(|x| walk(&x.value, uid)),
+            ValueKind::Record(r) => r.values().any(|x| walk(&x.value, uid)),
+            _ => false,
+        }
+    }
+    e.attrs().chain(e.tags()).any(|(_, v)| match v {
+        PartialValue::Value(v) => walk(&v.value, uid),
+        PartialValue::Residual(_) => false,
+    })
 }
 
 fn refs_of(e: &ast::Entity) -> HashSet<EntityUID> {
@@ -268,8 +334,11 @@ impl FactView {
     /// The same facts, said to be at `revision` (a store resuming).
     pub fn at_revision(mut self, revision: u64) -> Self {
         self.revision = revision;
-        for (_, node) in self.nodes.iter_mut() {
-            node.rev = node.rev.min(revision);
+        // A mutable walk copies every shared node: only when one is ahead.
+        if self.nodes.values().any(|n| n.rev > revision) {
+            for (_, node) in self.nodes.iter_mut() {
+                node.rev = node.rev.min(revision);
+            }
         }
         self
     }
@@ -284,6 +353,16 @@ impl FactView {
             }
         }
         self
+    }
+
+    /// Whether `other` holds the same indexes (children, referrers, tag
+    /// holders, the domain's): a view updated batch by batch against one
+    /// built from its facts (the tests' check of the incremental updates).
+    pub fn same_indexes(&self, other: &FactView) -> bool {
+        self.children == other.children
+            && self.referrers == other.referrers
+            && self.tag_holders == other.tag_holders
+            && self.domain == other.domain
     }
 
     /// Number of (non-action) entities.
@@ -332,7 +411,24 @@ impl FactView {
     /// and left out, as the loader does. On error, every error found (each
     /// naming its item), as far as the first failing stage.
     pub fn from_json(model: &Model, items: Vec<Value>) -> Result<FactView, Vec<Rejection>> {
-        let parsed = parse_items(model, items);
+        Self::from_items(model, items, Ok)
+    }
+
+    /// [`FactView::from_json`] of items as JSON text (a store's rows): each
+    /// parsed on a worker thread and dropped once it is an entity, so that
+    /// the whole world is never held as JSON values.
+    pub fn from_texts(model: &Model, items: Vec<String>) -> Result<FactView, Vec<Rejection>> {
+        Self::from_items(model, items, |text| {
+            serde_json::from_str(&text).map_err(|e| format!("not JSON: {e}"))
+        })
+    }
+
+    fn from_items<T: Send>(
+        model: &Model,
+        items: Vec<T>,
+        json: impl Fn(T) -> Result<Value, String> + Sync,
+    ) -> Result<FactView, Vec<Rejection>> {
+        let parsed = parse_items(model, items, &json);
         let mut errors = Vec::new();
         let mut entities: Vec<(usize, ast::Entity)> = Vec::with_capacity(parsed.len());
         for (i, item) in parsed.into_iter().enumerate() {
@@ -365,37 +461,55 @@ impl FactView {
             return Err(errors);
         }
         let mut view = FactView::default();
-        let mut children: HashMap<EntityUID, HashSet<EntityUID>> = HashMap::new();
-        let mut referrers: HashMap<EntityUID, HashSet<EntityUID>> = HashMap::new();
-        let mut holders: HashMap<SmolStr, HashSet<EntityUID>> = HashMap::new();
-        for (uid, node) in &nodes {
-            for p in node.entity.parents() {
-                children.entry(p.clone()).or_default().insert(uid.clone());
+        // Two threads: tag holders (one entry per membership) beside the
+        // rest. Each entity names a parent or holds a key once, so lists
+        // need no dedup.
+        let (holders, (children, referrers, domain)) = std::thread::scope(|s| {
+            let holders = s.spawn(|| {
+                let mut holders: HashMap<SmolStr, Vec<EntityUID>> = HashMap::new();
+                for (uid, node) in &nodes {
+                    for k in node.entity.tag_keys() {
+                        holders.entry(k.clone()).or_default().push(uid.clone());
+                    }
+                }
+                holders
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_iter().collect::<PSet<_>>()))
+                    .collect::<PMap<_, _>>()
+            });
+            let mut children: HashMap<EntityUID, Vec<EntityUID>> = HashMap::new();
+            let mut referrers: HashMap<EntityUID, Vec<EntityUID>> = HashMap::new();
+            let mut domain = DomainIndex::default();
+            let mut refs: Vec<&EntityUID> = Vec::new();
+            for (uid, node) in &nodes {
+                for p in node.entity.parents() {
+                    children.entry(p.clone()).or_default().push(uid.clone());
+                }
+                entity_refs(&node.entity, &mut refs);
+                for r in &refs {
+                    referrers.entry((*r).clone()).or_default().push(uid.clone());
+                }
+                if model.domain {
+                    domain.update(uid, None, Some(&node.entity));
+                }
             }
-            for r in refs_of(&node.entity) {
-                referrers.entry(r).or_default().insert(uid.clone());
-            }
-            for k in node.entity.tag_keys() {
-                holders.entry(k.clone()).or_default().insert(uid.clone());
-            }
-            if model.domain {
-                view.domain.update(uid, None, Some(&node.entity));
-            }
-        }
+            let pmap = |m: HashMap<EntityUID, Vec<EntityUID>>| -> PMap<EntityUID, PSet<EntityUID>> {
+                m.into_iter()
+                    .map(|(k, v)| (k, v.into_iter().collect()))
+                    .collect()
+            };
+            let rest = (pmap(children), pmap(referrers), domain);
+            let holders = holders
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (holders, rest)
+        });
         let all: HashSet<EntityUID> = nodes.keys().cloned().collect();
         view.nodes = nodes.into_iter().collect();
-        view.children = children
-            .into_iter()
-            .map(|(k, v)| (k, v.into_iter().collect()))
-            .collect();
-        view.referrers = referrers
-            .into_iter()
-            .map(|(k, v)| (k, v.into_iter().collect()))
-            .collect();
-        view.tag_holders = holders
-            .into_iter()
-            .map(|(k, v)| (k, v.into_iter().collect()))
-            .collect();
+        view.children = children;
+        view.referrers = referrers;
+        view.tag_holders = holders;
+        view.domain = domain;
         let closures = close(&view.nodes, &view.children, &all).map_err(|member| {
             vec![Rejection::new(
                 "cycle",
@@ -411,7 +525,7 @@ impl FactView {
             }
         }
         if model.domain {
-            let found = check::check(&view, all.iter());
+            let found = check_all(&view, &all);
             if !found.is_empty() {
                 let mut found: Vec<Rejection> = found
                     .into_iter()
@@ -454,6 +568,9 @@ impl FactView {
                     self.revision
                 ),
             ));
+        }
+        if let Some(done) = self.apply_tags(model, batch) {
+            return done;
         }
         let mut drafts = Drafts {
             view: self,
@@ -708,6 +825,241 @@ impl FactView {
         }
         Ok((next, applied))
     }
+
+    /// A batch of only `set_tag` and `remove_tag` operations on existing
+    /// entities, applied at the cost of the tags it changes: each new value
+    /// checked against the schema's tag type alone, the indexes updated for
+    /// the changed keys, and only the domain rules a tag can break checked
+    /// for those keys ([`check::check_tags`]). Parents, attributes and so
+    /// closed ancestors and every other entity's checks are untouched. None
+    /// (nothing done) when anything falls outside that (an unknown entity,
+    /// a value not of the form `{"__entity": ...}`, a value the schema
+    /// refuses, removing a tag that is not there): the general path then
+    /// gives the answer and its error.
+    fn apply_tags(
+        &self,
+        model: &Model,
+        batch: &Batch,
+    ) -> Option<Result<(FactView, Applied), Rejection>> {
+        struct Edit {
+            value: Option<(PartialValue, Value)>,
+        }
+        struct TagDraft {
+            uid: EntityUID,
+            base: Arc<ast::Entity>,
+            edits: BTreeMap<SmolStr, Edit>,
+            last_op: usize,
+        }
+        if batch.operations.is_empty()
+            || !batch
+                .operations
+                .iter()
+                .all(|op| matches!(op, Op::SetTag { .. } | Op::RemoveTag { .. }))
+        {
+            return None;
+        }
+        let mut drafts: Vec<TagDraft> = Vec::new();
+        let mut index: HashMap<EntityUID, usize> = HashMap::new();
+        for (i, op) in batch.operations.iter().enumerate() {
+            let (r, key, value) = match op {
+                Op::SetTag { uid, key, value } => (uid, key, Some(value)),
+                Op::RemoveTag { uid, key } => (uid, key, None),
+                _ => return None,
+            };
+            let uid: EntityUID = model.names.resolve_entity(r).ok()?.into();
+            if uid.is_action() {
+                return None;
+            }
+            let at = match index.get(&uid) {
+                Some(&at) => at,
+                None => {
+                    let base = self.nodes.get(&uid)?.entity.clone();
+                    drafts.push(TagDraft {
+                        uid: uid.clone(),
+                        base,
+                        edits: BTreeMap::new(),
+                        last_op: i,
+                    });
+                    index.insert(uid.clone(), drafts.len() - 1);
+                    drafts.len() - 1
+                }
+            };
+            let d = &mut drafts[at];
+            d.last_op = i;
+            let key = SmolStr::new(key);
+            match value {
+                Some(json) => {
+                    let named = parse::entity_ref(json)?;
+                    parse::tag_conforms(model, &d.base, &key, &named).ok()?;
+                    let v = parse::ref_value(named);
+                    d.edits.insert(
+                        key,
+                        Edit {
+                            value: Some((v, json.clone())),
+                        },
+                    );
+                }
+                None => {
+                    let present = match d.edits.get(&key) {
+                        Some(e) => e.value.is_some(),
+                        None => d.base.get_tag(&key).is_some(),
+                    };
+                    if !present {
+                        return None;
+                    }
+                    d.edits.insert(key, Edit { value: None });
+                }
+            }
+        }
+        let revision = self.revision + 1;
+        let mut next = self.clone();
+        next.revision = revision;
+        let mut applied = Applied {
+            revision,
+            ..Applied::default()
+        };
+        let mut to_check: Vec<(EntityUID, Vec<SmolStr>, usize)> = Vec::new();
+        for d in drafts {
+            let base = &d.base;
+            let mut tags: BTreeMap<SmolStr, PartialValue> = BTreeMap::new();
+            let mut changed: Vec<(SmolStr, Option<Value>)> = Vec::new();
+            let mut set_keys: Vec<SmolStr> = Vec::new();
+            for (k, edit) in &d.edits {
+                let old = base.get_tag(k);
+                match &edit.value {
+                    Some((v, json)) => {
+                        if old != Some(v) {
+                            changed.push((k.clone(), Some(json.clone())));
+                            set_keys.push(k.clone());
+                        }
+                    }
+                    None => {
+                        if old.is_some() {
+                            changed.push((k.clone(), None));
+                        }
+                    }
+                }
+            }
+            if changed.is_empty() {
+                continue;
+            }
+            for (k, v) in base.tags() {
+                if !d.edits.contains_key(k) {
+                    tags.insert(k.clone(), v.clone());
+                }
+            }
+            for (k, edit) in d.edits {
+                if let Some((v, _)) = edit.value {
+                    tags.insert(k, v);
+                }
+            }
+            let new = Arc::new(ast::Entity::new_with_attr_partial_value(
+                d.uid.clone(),
+                base.attrs().map(|(k, v)| (k.clone(), v.clone())),
+                base.indirect_ancestors().cloned().collect(),
+                base.parents().cloned().collect(),
+                tags,
+            ));
+            for (k, _) in &changed {
+                let (was, is) = (base.get_tag(k).is_some(), new.get_tag(k).is_some());
+                if was && !is {
+                    let empty = match next.tag_holders.get_mut(k) {
+                        Some(set) => {
+                            set.remove(&d.uid);
+                            set.is_empty()
+                        }
+                        None => false,
+                    };
+                    if empty {
+                        next.tag_holders.remove(k);
+                    }
+                } else if is && !was {
+                    next.tag_holders
+                        .entry(k.clone())
+                        .or_default()
+                        .insert(d.uid.clone());
+                }
+            }
+            // Referrers: only the entities the changed tags named before or
+            // name now can enter or leave the entity's references.
+            for (k, _) in &changed {
+                if let Some(r) = base.get_tag(k).and_then(named)
+                    && !names(&new, r)
+                {
+                    let empty = match next.referrers.get_mut(r) {
+                        Some(set) => {
+                            set.remove(&d.uid);
+                            set.is_empty()
+                        }
+                        None => false,
+                    };
+                    if empty {
+                        next.referrers.remove(r);
+                    }
+                }
+                if let Some(r) = new.get_tag(k).and_then(named)
+                    && !names(base, r)
+                {
+                    next.referrers
+                        .entry(r.clone())
+                        .or_default()
+                        .insert(d.uid.clone());
+                }
+            }
+            let public = to_public(&d.uid);
+            for (k, v) in changed {
+                applied.tags.push((public.clone(), k, v));
+            }
+            applied.changed.push(public);
+            next.nodes.insert(
+                d.uid.clone(),
+                Node {
+                    entity: new,
+                    rev: revision,
+                },
+            );
+            if !set_keys.is_empty() {
+                to_check.push((d.uid, set_keys, d.last_op));
+            }
+        }
+        if model.domain {
+            let mut found: Vec<(EntityUID, String, usize)> = Vec::new();
+            for (uid, keys, op) in &to_check {
+                for (u, m) in check::check_tags(&next, uid, keys) {
+                    found.push((u, m, *op));
+                }
+            }
+            if !found.is_empty() {
+                found.sort_by_cached_key(|(u, m, _)| (u.to_string(), m.clone()));
+                let (_, message, op) = found.swap_remove(0);
+                return Some(Err(Rejection::new("domain", op_field(batch, op), message)));
+            }
+        }
+        Some(Ok((next, applied)))
+    }
+}
+
+/// The domain's checks of every entity of `all`, on as many threads as
+/// there are cores.
+fn check_all(view: &FactView, all: &HashSet<EntityUID>) -> Vec<(EntityUID, String)> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(all.len() / 1024 + 1);
+    if threads <= 1 {
+        return check::check(view, all.iter());
+    }
+    let uids: Vec<&EntityUID> = all.iter().collect();
+    let chunk = uids.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = uids
+            .chunks(chunk)
+            .map(|c| s.spawn(move || check::check(view, c.iter().copied())))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 /// The field an error about operation `i` names: the operation's main field.
@@ -725,54 +1077,63 @@ fn op_field(batch: &Batch, i: usize) -> String {
 
 /// Parse items on as many threads as there are cores; `Ok(None)` for an
 /// action (checked against the schema, not kept).
-fn parse_items(model: &Model, items: Vec<Value>) -> Vec<Result<Option<ast::Entity>, Rejection>> {
-    let parse = |i: usize, item: Value| -> Result<Option<ast::Entity>, Rejection> {
-        match Entity::from_json_value(item.clone(), Some(&model.schema)) {
-            Ok(e) => {
-                let inner: &ast::Entity = e.as_ref();
-                if inner.uid().is_action() {
-                    Ok(None)
-                } else {
-                    Ok(Some(inner.clone()))
-                }
-            }
-            Err(err) => {
-                let message = crate::domain::explain_entity_error(&item, &err)
-                    .unwrap_or_else(|| crate::diag::one_line(&err));
-                Err(Rejection::new(
-                    "invalid_entity",
-                    format!("items[{i}]"),
-                    message,
-                ))
-            }
+fn parse_items<T: Send>(
+    model: &Model,
+    items: Vec<T>,
+    json: &(impl Fn(T) -> Result<Value, String> + Sync),
+) -> Vec<Result<Option<ast::Entity>, Rejection>> {
+    let parse = |i: usize,
+                 item: T,
+                 interner: &mut parse::Interner|
+     -> Result<Option<ast::Entity>, Rejection> {
+        let parsed = json(item).and_then(|item| parse::entity(model, item, interner));
+        match parsed {
+            Ok(e) if e.uid().is_action() => Ok(None),
+            Ok(e) => Ok(Some(e)),
+            Err(message) => Err(Rejection::new(
+                "invalid_entity",
+                format!("items[{i}]"),
+                message,
+            )),
         }
     };
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(items.len() / 256 + 1);
     if threads <= 1 {
+        let mut interner = parse::Interner::default();
         return items
             .into_iter()
             .enumerate()
-            .map(|(i, v)| parse(i, v))
+            .map(|(i, v)| parse(i, v, &mut interner))
             .collect();
     }
-    let chunk = items.len().div_ceil(threads);
-    let mut chunks: Vec<Vec<(usize, Value)>> = Vec::new();
-    let mut it = items.into_iter().enumerate().peekable();
-    while it.peek().is_some() {
-        chunks.push(it.by_ref().take(chunk).collect());
+    // Blocks dealt round-robin: entity types cluster in a store's order,
+    // and their costs differ by 100x.
+    const BLOCK: usize = 64;
+    let mut chunks: Vec<Vec<(usize, T)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, v) in items.into_iter().enumerate() {
+        chunks[(i / BLOCK) % threads].push((i, v));
     }
-    std::thread::scope(|s| {
+    let mut out: Vec<(usize, Result<Option<ast::Entity>, Rejection>)> = std::thread::scope(|s| {
         let workers: Vec<_> = chunks
             .into_iter()
-            .map(|c| s.spawn(move || c.into_iter().map(|(i, v)| parse(i, v)).collect::<Vec<_>>()))
+            .map(|c| {
+                s.spawn(move || {
+                    let mut interner = parse::Interner::default();
+                    c.into_iter()
+                        .map(|(i, v)| (i, parse(i, v, &mut interner)))
+                        .collect::<Vec<_>>()
+                })
+            })
             .collect();
         workers
             .into_iter()
             .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
-    })
+    });
+    out.sort_unstable_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
 }
 
 /// The entities a batch touches, as they become operation by operation.
