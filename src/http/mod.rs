@@ -70,7 +70,8 @@ impl Default for HttpConfig {
 
 /// The state every handler shares.
 pub struct App {
-    pub pdp: Pdp,
+    /// Shared with the gRPC service, when one runs.
+    pub pdp: Arc<Pdp>,
     pub config: HttpConfig,
     pub public_url: Option<String>,
     admin_digest: Option<[u8; 32]>,
@@ -109,7 +110,7 @@ impl App {
         let admin_digest = digest(config.admin_token.as_deref());
         let facts_digest = digest(config.facts_token.as_deref());
         App {
-            pdp,
+            pdp: Arc::new(pdp),
             public_url: config.public_url.clone(),
             config,
             admin_digest,
