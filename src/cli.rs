@@ -16,8 +16,8 @@ use axum::http::HeaderName;
 
 use crate::decision_log::{LogTarget, Overflow};
 use crate::engine::{self, RequestInput};
-use crate::grpc::GrpcConfig;
 use crate::gateway::forward_auth::{ForwardAuthConfig, Unmatched};
+use crate::grpc::GrpcConfig;
 use crate::http::HttpConfig;
 use crate::load::{self, Paths};
 use crate::names::EntityRef;

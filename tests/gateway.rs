@@ -1066,9 +1066,9 @@ mod grpc {
     use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
     use orgwarden::grpc::GrpcConfig;
     use tonic::transport::Channel;
+    use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
-    use tonic_health::pb::HealthCheckRequest;
 
     /// A `CheckRequest` as Envoy sends it: pseudo-headers included.
     pub fn check_request(method: &str, target: &str, headers: &[(&str, &str)]) -> CheckRequest {
@@ -1282,10 +1282,7 @@ async fn grpc_and_http_forward_auth_agree_cell_for_cell() {
             "GET",
             "/api/accounts/acme/workspaces/acme-staging%2F..%2Facme-prod/flows/f-1",
         ),
-        (
-            "POST",
-            "/api/accounts/acme/invitations/acme-ivan/accept",
-        ),
+        ("POST", "/api/accounts/acme/invitations/acme-ivan/accept"),
     ]);
     let (mut allows, mut cells) = (0, 0);
     for credential in &credentials {
@@ -1397,7 +1394,10 @@ async fn grpc_answers_carry_headers_metadata_and_options() {
             Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(v)) => v.clone(),
             other => panic!("{k}: {other:?}"),
         };
-        assert_eq!(text("principal"), r#"Prefect::ServiceAccount::"deployer-bot""#);
+        assert_eq!(
+            text("principal"),
+            r#"Prefect::ServiceAccount::"deployer-bot""#
+        );
         assert_eq!(text("action"), r#"Prefect::Action::"manage_deployments""#);
         assert_eq!(text("resource"), r#"Prefect::Workspace::"acme-staging""#);
         assert_eq!(text("decision"), "allow");
@@ -1415,10 +1415,14 @@ async fn grpc_answers_carry_headers_metadata_and_options() {
     let mut c = grpc::client(&plain).await;
     let carol = format!("Bearer {}", key_of("carol"));
     let got = grpc::answer(
-        c.check(grpc::check_request("DELETE", deploy, &[("authorization", &carol)]))
-            .await
-            .unwrap()
-            .into_inner(),
+        c.check(grpc::check_request(
+            "DELETE",
+            deploy,
+            &[("authorization", &carol)],
+        ))
+        .await
+        .unwrap()
+        .into_inner(),
     );
     assert_eq!((got.status, got.code.as_str()), (403, "forbidden"));
     let Some(HttpResponse::DeniedResponse(d)) = &got.response.http_response else {
@@ -1524,10 +1528,14 @@ async fn grpc_health_follows_the_snapshot() {
     let key = format!("Bearer {}", key_of("carol"));
     let flows = "/api/accounts/acme/workspaces/acme-prod/flows/f-1";
     let got = grpc::answer(
-        c.check(grpc::check_request("GET", flows, &[("authorization", &key)]))
-            .await
-            .unwrap()
-            .into_inner(),
+        c.check(grpc::check_request(
+            "GET",
+            flows,
+            &[("authorization", &key)],
+        ))
+        .await
+        .unwrap()
+        .into_inner(),
     );
     assert_eq!(got.status, 200);
     std::fs::remove_file(&broken).unwrap();
@@ -1549,7 +1557,12 @@ async fn hostile_input_on_the_grpc_port_is_refused_and_the_server_stays_up() {
     let dir = tempfile::tempdir().unwrap();
     let (mut proc, _, grpc_addr) = start_orgwarden_with(
         dir.path(),
-        &["--grpc-listen", "127.0.0.1:0", "--grpc-max-message-bytes", "65536"],
+        &[
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--grpc-max-message-bytes",
+            "65536",
+        ],
     );
     let addr = grpc_addr.unwrap();
     let mut c = grpc::client(&addr).await;
@@ -1589,13 +1602,7 @@ async fn hostile_input_on_the_grpc_port_is_refused_and_the_server_stays_up() {
     let big = "x".repeat(100 * 1024);
     let oversized = grpc::check_request("GET", flows, &[("authorization", &key), ("x-big", &big)]);
     let status = c.check(oversized).await.unwrap_err();
-    assert!(
-        matches!(
-            status.code(),
-            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
-        ),
-        "{status:?}"
-    );
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
     // Not a CheckRequest: a gRPC error.
     let mut raw = tonic::client::Grpc::new(
         tonic::transport::Channel::from_shared(format!("http://{addr}"))
@@ -1616,16 +1623,18 @@ async fn hostile_input_on_the_grpc_port_is_refused_and_the_server_stays_up() {
             tonic_prost::ProstCodec::default(),
         )
         .await;
-    assert!(junk.is_err(), "{junk:?}");
+    assert_eq!(junk.map(|_| ()).unwrap_err().code(), tonic::Code::Internal);
     // Garbage bytes and a plain HTTP/1 request on the port.
     for garbage in [
-        (0..65536u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<u8>>(),
+        (0..65536u32)
+            .map(|i| (i * 7919 % 251) as u8)
+            .collect::<Vec<u8>>(),
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
         b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x04\xff\xff\xff\xff\xff\xff".to_vec(),
     ] {
         let mut stream = TcpStream::connect(&addr).unwrap();
         stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
+            .set_read_timeout(Some(Duration::from_secs(2)))
             .unwrap();
         let _ = stream.write_all(&garbage);
         let mut sink = Vec::new();

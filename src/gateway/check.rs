@@ -69,19 +69,20 @@ pub async fn check(
     headers: &HeaderMap,
     api: &'static str,
 ) -> Verdict {
-    let (principal, matched) = match forward_auth::map_original(config, snap, method, target, headers)? {
-        Mapped::Pass(who) => {
-            let shown = who.as_ref().map(EntityUid::to_string);
-            if let Some(p) = &shown {
-                header_safe(p)?;
+    let (principal, matched) =
+        match forward_auth::map_original(config, snap, method, target, headers)? {
+            Mapped::Pass(who) => {
+                let shown = who.as_ref().map(EntityUid::to_string);
+                if let Some(p) = &shown {
+                    header_safe(p)?;
+                }
+                return Ok(Allowed {
+                    principal: shown,
+                    decided: None,
+                });
             }
-            return Ok(Allowed {
-                principal: shown,
-                decided: None,
-            });
-        }
-        Mapped::Ask { principal, matched } => (principal, matched),
-    };
+            Mapped::Ask { principal, matched } => (principal, matched),
+        };
     let decided = pdp
         .authorize_uids(
             snap,

@@ -18,6 +18,7 @@ use axum::extract::State;
 use axum::http::header::{CACHE_CONTROL, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+
 use super::App;
 use crate::gateway::check::{self, Allowed};
 use crate::gateway::forward_auth::{self, DECISION_ID_HEADER, PRINCIPAL_HEADER, Refusal};
