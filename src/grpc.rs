@@ -58,6 +58,12 @@ pub const API: &str = "ext_authz_grpc";
 /// How often the health service re-reads the sidecar's state.
 pub const HEALTH_PERIOD: Duration = Duration::from_millis(500);
 
+/// How long a stopping server waits for gRPC connections to close.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Most checks in flight on one HTTP/2 connection (Envoy queues more).
+pub const MAX_STREAMS: u32 = 1024;
+
 /// The `Authorization` service's full name (its health entry).
 pub const SERVICE: &str = "envoy.service.auth.v3.Authorization";
 
@@ -312,7 +318,6 @@ impl Authorization for Service {
     ) -> Result<Response<CheckResponse>, Status> {
         let authorizer = self.0.clone();
         let timeout = authorizer.config.timeout;
-        authorizer.pdp.metrics.in_flight.inc();
         let task = tokio::spawn(async move {
             let request = request.into_inner();
             authorizer.decide(&request).await
@@ -331,7 +336,6 @@ impl Authorization for Service {
                 failed("the check passed its deadline")
             }
         };
-        self.0.pdp.metrics.in_flight.dec();
         Ok(Response::new(answer))
     }
 }
@@ -388,6 +392,7 @@ pub async fn serve(
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(Some(MAX_STREAMS))
         .add_service(health)
         .add_service(authorization)
         .serve_with_incoming_shutdown(

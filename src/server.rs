@@ -202,11 +202,20 @@ pub fn run(config: ServerConfig) -> ExitCode {
             let _ = http_stopped.wait_for(|s| *s).await;
         };
         let served = http::serve(listener, app, http_shutdown).await;
-        if let Some(task) = grpc_task {
-            match task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!("gRPC server error: {e}"),
-                Err(e) => tracing::error!("gRPC server failed: {e}"),
+        if let Some(mut task) = grpc_task {
+            // Calls in flight finish; a connection that stays open without
+            // them (a client that ignores GOAWAY) does not hold the exit.
+            match tokio::time::timeout(grpc::DRAIN_GRACE, &mut task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::error!("gRPC server error: {e}"),
+                Ok(Err(e)) => tracing::error!("gRPC server failed: {e}"),
+                Err(_) => {
+                    tracing::warn!(
+                        "gRPC connections still open after {} s; closing them",
+                        grpc::DRAIN_GRACE.as_secs()
+                    );
+                    task.abort();
+                }
             }
         }
         match served {

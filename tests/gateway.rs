@@ -1657,5 +1657,25 @@ async fn hostile_input_on_the_grpc_port_is_refused_and_the_server_stays_up() {
     let got = grpc::answer(c.check(carol_denied).await.unwrap().into_inner());
     assert_eq!(got.status, 403);
     assert_eq!(grpc::health(&addr, "").await, grpc::SERVING);
-    proc.stop();
+
+    // An HTTP/2 connection left open (a client that ignores GOAWAY) does
+    // not keep a stopping server from exiting.
+    let mut idle = TcpStream::connect(&addr).unwrap();
+    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    Command::new("kill")
+        .args(["-TERM", &proc.child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = proc.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "not stopped:\n{}", proc.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}\n{}", proc.log());
+    drop(idle);
 }
