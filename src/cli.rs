@@ -17,6 +17,7 @@ use axum::http::HeaderName;
 use crate::decision_log::{LogTarget, Overflow};
 use crate::engine::{self, RequestInput};
 use crate::gateway::forward_auth::{ForwardAuthConfig, MethodOverride, Unmatched};
+use crate::grpc::GrpcConfig;
 use crate::http::HttpConfig;
 use crate::load::{self, Paths};
 use crate::names::EntityRef;
@@ -279,7 +280,7 @@ pub struct ServeArgs {
     /// the answer is 503 with `Retry-After`.
     #[arg(long, env = "ORGWARDEN_DECISION_QUEUE", default_value_t = 64)]
     pub decision_queue: usize,
-    /// Time limit of one HTTP request, in milliseconds.
+    /// Time limit of one HTTP request or gRPC check, in milliseconds.
     #[arg(long, env = "ORGWARDEN_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
     pub request_timeout_ms: u64,
     /// Entries in the decision cache; 0 turns it off.
@@ -330,6 +331,17 @@ pub struct ServeArgs {
     /// unset, no such header is read.
     #[arg(long, env = "ORGWARDEN_TRUSTED_PRINCIPAL_HEADER")]
     pub trusted_principal_header: Option<HeaderName>,
+    /// Also serve Envoy's ext_authz v3 gRPC `Authorization` service (and
+    /// `grpc.health.v1`) on this address; unset: no gRPC listener.
+    #[arg(long, env = "ORGWARDEN_GRPC_LISTEN")]
+    pub grpc_listen: Option<SocketAddr>,
+    /// gRPC `Check`: remove the `Authorization` header from allowed
+    /// requests before Envoy sends them upstream.
+    #[arg(long, env = "ORGWARDEN_STRIP_CREDENTIALS")]
+    pub strip_credentials: bool,
+    /// Largest gRPC message accepted, in bytes.
+    #[arg(long, env = "ORGWARDEN_GRPC_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub grpc_max_message_bytes: usize,
     /// Format of the server's own log on stderr (filter with RUST_LOG).
     #[arg(
         long,
@@ -374,7 +386,19 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     pub fn config(&self) -> ServerConfig {
+        let forward_auth = ForwardAuthConfig {
+            unmatched: self.forward_auth_unmatched,
+            method_override: self.forward_auth_method_override,
+            trusted_principal_header: self.trusted_principal_header.clone(),
+        };
         ServerConfig {
+            grpc: GrpcConfig {
+                listen: self.grpc_listen,
+                strip_credentials: self.strip_credentials,
+                max_message_bytes: self.grpc_max_message_bytes,
+                timeout: Duration::from_millis(self.request_timeout_ms),
+                forward_auth: forward_auth.clone(),
+            },
             paths: self.paths.paths(),
             listen: self.listen,
             http: HttpConfig {
@@ -384,11 +408,7 @@ impl ServeArgs {
                 request_timeout: Duration::from_millis(self.request_timeout_ms),
                 admin_token: self.admin_token.clone(),
                 public_url: self.public_url.clone(),
-                forward_auth: ForwardAuthConfig {
-                    unmatched: self.forward_auth_unmatched,
-                    method_override: self.forward_auth_method_override,
-                    trusted_principal_header: self.trusted_principal_header.clone(),
-                },
+                forward_auth,
                 facts_token: self.facts_token.clone(),
                 consistency_wait: Duration::from_millis(self.consistency_wait_ms),
                 request_entities: self.request_entities,

@@ -14,8 +14,10 @@
 //!    [`verify`], [`diff`], [`gateway::forward_auth`] (a gateway's request
 //!    to what to decide), [`world`] (generated facts);
 //! 5. live state and the decision point: [`reload`], [`decision_log`],
-//!    [`metrics`], [`pdp`];
-//! 6. on top: [`http`] (wire formats and handlers), [`server`] (a plain
+//!    [`metrics`], [`pdp`], and [`gateway::check`] (a forwarded request
+//!    decided, for every gateway transport);
+//! 6. on top: [`http`] (wire formats and handlers), [`grpc`] (Envoy's
+//!    ext_authz service and gRPC health), [`server`] (a plain
 //!    [`server::ServerConfig`] in, a running sidecar out) and [`cli`] (the
 //!    only module that knows clap).
 //!
@@ -45,6 +47,7 @@ pub mod world;
 pub mod yaml;
 
 pub mod decision_log;
+pub mod grpc;
 pub mod http;
 pub mod live_facts;
 pub mod metrics;

@@ -2,8 +2,8 @@
 //!
 //! Loads the files (refusing to start on invalid ones, with the same
 //! diagnostics as `orgwarden check`), starts the decision log, binds the
-//! listener and serves until SIGTERM or SIGINT, then drains requests in
-//! flight. Changes to the files reload them (see [`crate::reload`]); so do
+//! HTTP listener (and the gRPC one, when asked) and serves until SIGTERM or
+//! SIGINT, then drains requests in flight. Changes to the files reload them (see [`crate::reload`]); so do
 //! SIGHUP and `POST /v1/reload`.
 
 use std::net::SocketAddr;
@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use crate::decision_log::{DecisionLog, LogOptions, LogTarget, Overflow};
+use crate::grpc::{self, GrpcConfig};
 use crate::http::{self, App, HttpConfig};
 use crate::live_facts::LiveFacts;
 use crate::load::Paths;
@@ -35,6 +36,8 @@ pub struct ServerConfig {
     /// Address to listen on (port 0 picks a free port).
     pub listen: SocketAddr,
     pub http: HttpConfig,
+    /// The ext_authz gRPC listener (off unless `grpc.listen` is set).
+    pub grpc: GrpcConfig,
     /// Entries in the decision cache; 0 turns it off.
     pub cache_size: u64,
     pub decision_log: LogTarget,
@@ -168,8 +171,61 @@ pub fn run(config: ServerConfig) -> ExitCode {
             entities = snap.entity_count(),
             "listening on http://{addr}"
         );
+        // One signal stops both listeners.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let grpc_task = match config.grpc.listen {
+            None => None,
+            Some(grpc_listen) => {
+                let grpc_listener = match tokio::net::TcpListener::bind(grpc_listen).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("error: cannot listen on {grpc_listen} (gRPC): {e}");
+                        return ExitCode::from(1);
+                    }
+                };
+                let grpc_addr = grpc_listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                tracing::info!("ext_authz gRPC listening on {grpc_addr}");
+                let mut stopped = stopped.clone();
+                let pdp = app.pdp.clone();
+                let grpc_config = config.grpc.clone();
+                Some(tokio::spawn(async move {
+                    let shutdown = async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    };
+                    grpc::serve(grpc_listener, pdp, grpc_config, shutdown).await
+                }))
+            }
+        };
         spawn_sighup_reload(live.clone());
-        match http::serve(listener, app, shutdown_signal()).await {
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        let mut http_stopped = stopped;
+        let http_shutdown = async move {
+            let _ = http_stopped.wait_for(|s| *s).await;
+        };
+        let served = http::serve(listener, app, http_shutdown).await;
+        if let Some(mut task) = grpc_task {
+            // Calls in flight finish; a connection that stays open without
+            // them (a client that ignores GOAWAY) does not hold the exit.
+            match tokio::time::timeout(grpc::DRAIN_GRACE, &mut task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::error!("gRPC server error: {e}"),
+                Ok(Err(e)) => tracing::error!("gRPC server failed: {e}"),
+                Err(_) => {
+                    tracing::warn!(
+                        "gRPC connections still open after {} s; closing them",
+                        grpc::DRAIN_GRACE.as_secs()
+                    );
+                    task.abort();
+                }
+            }
+        }
+        match served {
             Ok(()) => {
                 tracing::info!("stopped");
                 ExitCode::SUCCESS

@@ -1,15 +1,17 @@
 //! Gateway integration: `/v1/forward-auth` behind real gateways and at the
 //! HTTP level.
 //!
-//! nginx (`auth_request`) and Envoy (`ext_authz`, HTTP service) run on
-//! loopback with the configurations in `tests/gateways/` (the ones
+//! nginx (`auth_request`) and Envoy (`ext_authz`, HTTP and gRPC services)
+//! run on loopback with the configurations in `tests/gateways/` (the ones
 //! `docs/gateway.md` quotes), in front of a small upstream, with the real
 //! `orgwarden` binary. Every demo principal's requests through the gateway
 //! must be allowed or denied exactly as `/v1/is_authorized` decides the same
 //! principal, action and resource. A missing gateway binary skips its test
 //! with a message, unless `CI` is set: then it fails (`scripts/test`
 //! installs both). Traefik's contract (`X-Forwarded-*`), the options, the
-//! reloads and the decision log are tested against an in-process server.
+//! reloads and the decision log are tested against an in-process server, and
+//! so is the gRPC service's agreement with HTTP forward-auth, cell for cell;
+//! hostile input on the gRPC port goes to the real binary.
 
 mod common;
 
@@ -317,6 +319,33 @@ fn spawn(cmd: &mut Command, log: PathBuf) -> Proc {
 
 /// The real binary serving the shipped model and routes on a free port.
 fn start_orgwarden(dir: &Path) -> (Proc, String) {
+    let (proc, addr, _) = start_orgwarden_with(dir, &[]);
+    (proc, addr)
+}
+
+/// The address after `marker` in the log of `proc`, once it is there.
+fn logged_address(proc: &mut Proc, marker: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = proc.log();
+        if let Some(at) = text.find(marker) {
+            return text[at + marker.len()..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string();
+        }
+        if Instant::now() > deadline || matches!(proc.child.try_wait(), Ok(Some(_))) {
+            proc.stop();
+            panic!("orgwarden did not start:\n{}", proc.log());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The real binary with `extra` options; with `--grpc-listen` among them,
+/// the gRPC address too.
+fn start_orgwarden_with(dir: &Path, extra: &[&str]) -> (Proc, String, Option<String>) {
     let r = root();
     let log = dir.join("orgwarden.log");
     let mut proc = spawn(
@@ -330,26 +359,15 @@ fn start_orgwarden(dir: &Path) -> (Proc, String) {
             .arg(r.join("entities"))
             .arg("--routes")
             .arg(r.join("routes"))
+            .args(extra)
             .env("RUST_LOG", "info"),
         log,
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = proc.log();
-        if let Some(at) = text.find("listening on http://") {
-            let addr = text[at + "listening on http://".len()..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_string();
-            return (proc, addr);
-        }
-        if Instant::now() > deadline || matches!(proc.child.try_wait(), Ok(Some(_))) {
-            proc.stop();
-            panic!("orgwarden did not start:\n{}", proc.log());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let addr = logged_address(&mut proc, "listening on http://");
+    let grpc = extra
+        .contains(&"--grpc-listen")
+        .then(|| logged_address(&mut proc, "ext_authz gRPC listening on "));
+    (proc, addr, grpc)
 }
 
 /// Wait until `port` accepts connections.
@@ -427,6 +445,7 @@ fn echo(mut stream: TcpStream) -> std::io::Result<()> {
         "target": parts.next(),
         "principal": all("x-orgwarden-principal"),
         "decision_id": all("x-orgwarden-decision-id"),
+        "authorization": all("authorization"),
     })
     .to_string();
     write!(
@@ -447,8 +466,14 @@ fn render(template: &str, vars: &[(&str, String)]) -> String {
     out
 }
 
-/// Everything a gateway in front of orgwarden must do, checked through it.
-async fn check_through_gateway(gateway: &str, orgwarden: &str, orgwarden_proc: &mut Proc) {
+/// Everything a gateway in front of orgwarden must do, checked through it;
+/// `stripped`: the upstream must never see the `Authorization` header.
+async fn check_through_gateway(
+    gateway: &str,
+    orgwarden: &str,
+    orgwarden_proc: &mut Proc,
+    stripped: bool,
+) {
     let http = client();
     for (principal, c, allow) in expectations(&format!("http://{orgwarden}")).await {
         let resp = http
@@ -470,6 +495,8 @@ async fn check_through_gateway(gateway: &str, orgwarden: &str, orgwarden_proc: &
             assert_eq!(seen["principal"], json!([principal]), "{what}: {body}");
             let id = seen["decision_id"][0].as_str().unwrap_or("");
             assert_eq!(id.len(), 36, "{what}: decision id {body}");
+            let credentials = seen["authorization"].as_array().unwrap();
+            assert_eq!(credentials.is_empty(), stripped, "{what}: {body}");
         } else {
             assert_eq!(status, 403, "{what} should be denied: {body}");
             assert!(!body.contains("\"upstream\""), "{what} reached upstream");
@@ -570,7 +597,13 @@ async fn nginx_auth_request_enforces_the_policies() {
         dir.path().join("nginx.log"),
     );
     wait_listening(listen, &mut gateway, "nginx");
-    check_through_gateway(&format!("http://127.0.0.1:{listen}"), &addr, &mut orgwarden).await;
+    check_through_gateway(
+        &format!("http://127.0.0.1:{listen}"),
+        &addr,
+        &mut orgwarden,
+        false,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -605,7 +638,13 @@ async fn envoy_ext_authz_enforces_the_policies() {
         dir.path().join("envoy.log"),
     );
     wait_listening(listen, &mut gateway, "envoy");
-    check_through_gateway(&format!("http://127.0.0.1:{listen}"), &addr, &mut orgwarden).await;
+    check_through_gateway(
+        &format!("http://127.0.0.1:{listen}"),
+        &addr,
+        &mut orgwarden,
+        false,
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------
@@ -983,7 +1022,7 @@ async fn the_decision_log_names_the_principal_and_never_the_key() {
 #[test]
 fn the_docs_quote_the_tested_configs_and_keys() {
     let docs = std::fs::read_to_string(root().join("docs/gateway.md")).unwrap();
-    for template in ["nginx.conf", "envoy.yaml"] {
+    for template in ["nginx.conf", "envoy.yaml", "envoy-grpc.yaml"] {
         let text = std::fs::read_to_string(root().join("tests/gateways").join(template)).unwrap();
         assert!(
             docs.contains(&text),
@@ -1009,6 +1048,637 @@ fn the_docs_quote_the_tested_configs_and_keys() {
         let uid = snap.keys.resolve(key).map(ToString::to_string);
         assert_eq!(uid.as_deref(), Some(*principal), "{key}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Envoy's ext_authz over gRPC
+// ---------------------------------------------------------------------------
+
+use envoy_types::ext_authz::v3::pb::HttpResponse;
+use orgwarden::grpc::GrpcConfig;
+
+mod grpc {
+    use super::*;
+
+    use std::collections::HashMap;
+
+    use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse};
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
+    use orgwarden::grpc::GrpcConfig;
+    use tonic::transport::Channel;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    /// A `CheckRequest` as Envoy sends it: pseudo-headers included.
+    pub fn check_request(method: &str, target: &str, headers: &[(&str, &str)]) -> CheckRequest {
+        let mut all: HashMap<String, String> = headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+            .collect();
+        all.insert(":authority".into(), "platform.example".into());
+        all.insert(":method".into(), method.into());
+        all.insert(":path".into(), target.into());
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(attribute_context::Request {
+                    time: None,
+                    http: Some(attribute_context::HttpRequest {
+                        id: "1".into(),
+                        method: method.into(),
+                        path: target.into(),
+                        host: "platform.example".into(),
+                        scheme: "https".into(),
+                        protocol: "HTTP/1.1".into(),
+                        headers: all,
+                        ..Default::default()
+                    }),
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// What a check answered, in the terms of forward-auth: the HTTP
+    /// status, the error code, the principal header and the response.
+    #[derive(Debug)]
+    pub struct Answer {
+        pub status: u16,
+        pub code: String,
+        pub principal: Option<String>,
+        pub response: CheckResponse,
+    }
+
+    pub fn answer(response: CheckResponse) -> Answer {
+        let rpc = response.status.clone().expect("a status");
+        match response.http_response.clone().expect("an http response") {
+            HttpResponse::OkResponse(ok) => {
+                assert_eq!(rpc.code, 0, "an allow is OK: {response:?}");
+                let principal = ok
+                    .headers
+                    .iter()
+                    .filter_map(|h| h.header.as_ref())
+                    .find(|h| h.key == "x-orgwarden-principal")
+                    .map(|h| h.value.clone());
+                Answer {
+                    status: 200,
+                    code: String::new(),
+                    principal,
+                    response,
+                }
+            }
+            HttpResponse::ErrorResponse(e) => panic!("an error response: {e:?}"),
+            HttpResponse::DeniedResponse(denied) => {
+                assert_ne!(rpc.code, 0, "a deny is not OK: {response:?}");
+                let body: Value = serde_json::from_str(&denied.body).unwrap();
+                Answer {
+                    status: denied.status.as_ref().unwrap().code as u16,
+                    code: body["error"]["code"].as_str().unwrap().to_string(),
+                    principal: None,
+                    response,
+                }
+            }
+        }
+    }
+
+    /// The gRPC service over `s`'s decision point, on a loopback port.
+    pub async fn serve(s: &TestServer, config: GrpcConfig) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let pdp = s.app.pdp.clone();
+        tokio::spawn(async move {
+            orgwarden::grpc::serve(listener, pdp, config, std::future::pending())
+                .await
+                .unwrap();
+        });
+        addr
+    }
+
+    pub async fn client(addr: &str) -> AuthorizationClient<Channel> {
+        AuthorizationClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap()
+    }
+
+    pub async fn health(addr: &str, service: &str) -> i32 {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = HealthClient::new(channel);
+        health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    }
+
+    pub const SERVING: i32 = ServingStatus::Serving as i32;
+    pub const NOT_SERVING: i32 = ServingStatus::NotServing as i32;
+}
+
+#[tokio::test]
+async fn envoy_grpc_ext_authz_enforces_the_policies() {
+    let Some(envoy) = require("envoy", "ENVOY") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut orgwarden, addr, grpc_addr) = start_orgwarden_with(
+        dir.path(),
+        &["--grpc-listen", "127.0.0.1:0", "--strip-credentials"],
+    );
+    let grpc_port = grpc_addr.unwrap().rsplit(':').next().unwrap().to_string();
+    let upstream = start_upstream();
+    let listen = free_port();
+    let access_log = dir.path().join("access.log");
+    let conf = render(
+        "envoy-grpc.yaml",
+        &[
+            ("LISTEN_PORT", listen.to_string()),
+            ("UPSTREAM_PORT", upstream.to_string()),
+            ("ORGWARDEN_GRPC_PORT", grpc_port),
+            ("ACCESS_LOG", access_log.display().to_string()),
+        ],
+    );
+    let conf_path = dir.path().join("envoy-grpc.yaml");
+    std::fs::write(&conf_path, conf).unwrap();
+    let mut gateway = spawn(
+        Command::new(envoy).arg("-c").arg(&conf_path).args([
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "error",
+            "--file-flush-interval-msec",
+            "50",
+        ]),
+        dir.path().join("envoy.log"),
+    );
+    wait_listening(listen, &mut gateway, "envoy");
+
+    // The decision's dynamic metadata reaches Envoy's access log.
+    let flows = "/api/accounts/acme/workspaces/acme-prod/flows/f-1";
+    let resp = client()
+        .get(format!("http://127.0.0.1:{listen}{flows}"))
+        .bearer_auth(key_of("carol"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let text = std::fs::read_to_string(&access_log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(flows)) {
+            break line.to_string();
+        }
+        assert!(Instant::now() < deadline, "no access log line: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(line.starts_with("200 GET "), "{line}");
+    assert!(
+        line.contains(r#"principal=Prefect::User::"carol""#),
+        "{line}"
+    );
+    assert!(
+        line.contains(r#"action=Prefect::Action::"see_flows""#),
+        "{line}"
+    );
+    assert!(!line.contains("policies=[]"), "{line}");
+    assert!(!line.contains("policies=-"), "{line}");
+
+    check_through_gateway(
+        &format!("http://127.0.0.1:{listen}"),
+        &addr,
+        &mut orgwarden,
+        true,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn grpc_and_http_forward_auth_agree_cell_for_cell() {
+    let s = server(HttpConfig::default()).await;
+    let addr = grpc::serve(&s, GrpcConfig::default()).await;
+    let mut client = grpc::client(&addr).await;
+    let mut credentials: Vec<Option<String>> = KEYS
+        .iter()
+        .map(|(_, key)| Some(format!("Bearer {key}")))
+        .collect();
+    credentials.extend([
+        None,
+        Some("Bearer ow_demo_nobody".into()),
+        Some("Basic Y2Fyb2w6eA==".into()),
+        Some("Bearer".into()),
+    ]);
+    let mut targets: Vec<(&str, &str)> = CASES.iter().map(|c| (c.method, c.target)).collect();
+    targets.extend([
+        ("GET", "/api/accounts/acme/unknown/thing"),
+        ("GET", "/"),
+        (
+            "GET",
+            "/api/accounts/acme/workspaces/acme-staging%2F..%2Facme-prod/flows/f-1",
+        ),
+        ("POST", "/api/accounts/acme/invitations/acme-ivan/accept"),
+    ]);
+    let (mut allows, mut cells) = (0, 0);
+    for credential in &credentials {
+        for (m, target) in &targets {
+            let mut request = s
+                .client
+                .request(method(m), format!("{}/v1/forward-auth{target}", s.base));
+            let mut headers = vec![("X-Orgwarden-Principal", r#"Prefect::User::"forged""#)];
+            if let Some(c) = credential {
+                request = request.header("Authorization", c);
+                headers.push(("Authorization", c));
+            }
+            let resp = request.send().await.unwrap();
+            let http_principal = header(&resp, "x-orgwarden-principal");
+            let http_challenge = header(&resp, "www-authenticate");
+            let (http_status, http_code) = error_code(resp).await;
+            let response = client
+                .check(grpc::check_request(m, target, &headers))
+                .await
+                .unwrap()
+                .into_inner();
+            let got = grpc::answer(response);
+            let what = format!("{credential:?} {m} {target}");
+            assert_eq!(got.status, http_status, "{what}: {got:?}");
+            assert_eq!(got.code, http_code, "{what}: {got:?}");
+            assert_eq!(got.principal, http_principal, "{what}");
+            if let Some(HttpResponse::DeniedResponse(d)) = &got.response.http_response {
+                let challenge = d
+                    .headers
+                    .iter()
+                    .filter_map(|h| h.header.as_ref())
+                    .find(|h| h.key == "www-authenticate")
+                    .map(|h| h.value.clone());
+                assert_eq!(challenge, http_challenge, "{what}");
+            }
+            cells += 1;
+            allows += usize::from(got.status == 200);
+        }
+    }
+    // Both answers occur, and every kind of refusal.
+    assert!(allows > 10 && allows < cells - 10, "{allows} of {cells}");
+    let (_, metrics) = s.get("/metrics").await;
+    assert!(metrics.contains(r#"api="ext_authz_grpc""#), "{metrics}");
+    assert!(metrics.contains(r#"api="forward_auth""#), "{metrics}");
+}
+
+#[tokio::test]
+async fn grpc_answers_carry_headers_metadata_and_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("decisions.jsonl");
+    let log = DecisionLog::start(&LogTarget::File(log_path.clone()), false).unwrap();
+    let s = TestServer::start(with_routes(shipped()), HttpConfig::default(), 0, log).await;
+    let plain = grpc::serve(&s, GrpcConfig::default()).await;
+    let stripping = grpc::serve(
+        &s,
+        GrpcConfig {
+            strip_credentials: true,
+            ..GrpcConfig::default()
+        },
+    )
+    .await;
+    let passing = grpc::serve(
+        &s,
+        GrpcConfig {
+            forward_auth: ForwardAuthConfig {
+                unmatched: Unmatched::Allow,
+                ..ForwardAuthConfig::default()
+            },
+            ..GrpcConfig::default()
+        },
+    )
+    .await;
+    let key = format!("Bearer {}", key_of("deployer-bot"));
+    let deploy = "/api/accounts/acme/workspaces/acme-staging/deployments/d-1";
+    let request = grpc::check_request("DELETE", deploy, &[("authorization", &key)]);
+
+    // Allowed: the upstream headers, the credential kept or removed, and
+    // the decision's metadata.
+    for (addr, stripped) in [(&plain, false), (&stripping, true)] {
+        let got = grpc::answer(
+            grpc::client(addr)
+                .await
+                .check(request.clone())
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+        assert_eq!(got.status, 200);
+        assert_eq!(
+            got.principal.as_deref(),
+            Some(r#"Prefect::ServiceAccount::"deployer-bot""#)
+        );
+        let Some(HttpResponse::OkResponse(ok)) = &got.response.http_response else {
+            unreachable!()
+        };
+        let id = ok
+            .headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .find(|h| h.key == "x-orgwarden-decision-id")
+            .map(|h| h.value.clone())
+            .unwrap();
+        assert_eq!(
+            ok.headers_to_remove.contains(&"authorization".to_string()),
+            stripped
+        );
+        let meta = got.response.dynamic_metadata.as_ref().unwrap();
+        let text = |k: &str| match &meta.fields[k].kind {
+            Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(v)) => v.clone(),
+            other => panic!("{k}: {other:?}"),
+        };
+        assert_eq!(
+            text("principal"),
+            r#"Prefect::ServiceAccount::"deployer-bot""#
+        );
+        assert_eq!(text("action"), r#"Prefect::Action::"manage_deployments""#);
+        assert_eq!(text("resource"), r#"Prefect::Workspace::"acme-staging""#);
+        assert_eq!(text("decision"), "allow");
+        assert_eq!(text("decision_id"), id);
+        match &meta.fields["determining_policies"].kind {
+            Some(envoy_types::pb::google::protobuf::value::Kind::ListValue(l)) => {
+                assert!(!l.values.is_empty())
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // Denied: the JSON error body, the decision id, no credential: a
+    // challenge.
+    let mut c = grpc::client(&plain).await;
+    let carol = format!("Bearer {}", key_of("carol"));
+    let got = grpc::answer(
+        c.check(grpc::check_request(
+            "DELETE",
+            deploy,
+            &[("authorization", &carol)],
+        ))
+        .await
+        .unwrap()
+        .into_inner(),
+    );
+    assert_eq!((got.status, got.code.as_str()), (403, "forbidden"));
+    let Some(HttpResponse::DeniedResponse(d)) = &got.response.http_response else {
+        unreachable!()
+    };
+    let body: Value = serde_json::from_str(&d.body).unwrap();
+    assert_eq!(body["decision_id"].as_str().unwrap().len(), 36, "{body}");
+    assert_eq!(
+        got.response.status.as_ref().unwrap().code,
+        tonic::Code::PermissionDenied as i32
+    );
+    let got = grpc::answer(
+        c.check(grpc::check_request("DELETE", deploy, &[]))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!((got.status, got.code.as_str()), (401, "unauthenticated"));
+    assert_eq!(
+        got.response.status.as_ref().unwrap().code,
+        tonic::Code::Unauthenticated as i32
+    );
+
+    // Unmatched routes follow the forward-auth choice: denied by default,
+    // passed (with the known principal, a client's copy removed) when asked.
+    let health = grpc::check_request("GET", "/api/health", &[("authorization", &carol)]);
+    let got = grpc::answer(c.check(health.clone()).await.unwrap().into_inner());
+    assert_eq!((got.status, got.code.as_str()), (403, "unmatched_route"));
+    let mut p = grpc::client(&passing).await;
+    let got = grpc::answer(p.check(health).await.unwrap().into_inner());
+    assert_eq!(got.status, 200);
+    assert_eq!(got.principal.as_deref(), Some(r#"Prefect::User::"carol""#));
+    let anonymous = grpc::check_request(
+        "GET",
+        "/api/health",
+        &[("x-orgwarden-principal", r#"Prefect::User::"forged""#)],
+    );
+    let got = grpc::answer(p.check(anonymous).await.unwrap().into_inner());
+    assert_eq!((got.status, got.principal), (200, None));
+    let Some(HttpResponse::OkResponse(ok)) = &got.response.http_response else {
+        unreachable!()
+    };
+    assert!(
+        ok.headers_to_remove
+            .contains(&"x-orgwarden-principal".to_string())
+    );
+
+    // The decision log names the api, the principal, and never the key.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.lines().count() >= 4 || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let line: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(line["api"], "ext_authz_grpc", "{text}");
+    assert_eq!(
+        line["principal"],
+        r#"Prefect::ServiceAccount::"deployer-bot""#
+    );
+    assert!(!text.contains(key_of("deployer-bot")), "{text}");
+    assert!(!text.contains("Bearer"), "{text}");
+}
+
+#[tokio::test]
+async fn grpc_health_follows_the_snapshot() {
+    let (dir, paths) = copy_of_shipped();
+    let s = TestServer::start(
+        with_routes(paths.clone()),
+        HttpConfig::default(),
+        1000,
+        DecisionLog::off(),
+    )
+    .await;
+    let addr = grpc::serve(&s, GrpcConfig::default()).await;
+    let wait_for = |want: i32| {
+        let addr = addr.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let both = (
+                    grpc::health(&addr, "").await,
+                    grpc::health(&addr, orgwarden::grpc::SERVICE).await,
+                );
+                if both == (want, want) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "health {both:?}, want {want}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_for(grpc::SERVING).await;
+    // A failed reload: the old snapshot serves, stale: NOT_SERVING.
+    let broken = paths.policies.join("broken.cedar");
+    std::fs::write(&broken, "permit(principal, action, resource").unwrap();
+    assert!(s.app.pdp.live.reload().is_err());
+    wait_for(grpc::NOT_SERVING).await;
+    // Checks are still answered meanwhile, from the last good snapshot.
+    let mut c = grpc::client(&addr).await;
+    let key = format!("Bearer {}", key_of("carol"));
+    let flows = "/api/accounts/acme/workspaces/acme-prod/flows/f-1";
+    let got = grpc::answer(
+        c.check(grpc::check_request(
+            "GET",
+            flows,
+            &[("authorization", &key)],
+        ))
+        .await
+        .unwrap()
+        .into_inner(),
+    );
+    assert_eq!(got.status, 200);
+    std::fs::remove_file(&broken).unwrap();
+    s.app.pdp.live.reload().unwrap();
+    wait_for(grpc::SERVING).await;
+    drop(dir);
+}
+
+/// A message that is no `CheckRequest`: field 1 (`attributes`) holding bytes
+/// that are no protobuf.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Junk {
+    #[prost(bytes = "vec", tag = "1")]
+    attributes: Vec<u8>,
+}
+
+#[tokio::test]
+async fn hostile_input_on_the_grpc_port_is_refused_and_the_server_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut proc, _, grpc_addr) = start_orgwarden_with(
+        dir.path(),
+        &[
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--grpc-max-message-bytes",
+            "65536",
+        ],
+    );
+    let addr = grpc_addr.unwrap();
+    let mut c = grpc::client(&addr).await;
+    let key = format!("Bearer {}", key_of("carol"));
+    let flows = "/api/accounts/acme/workspaces/acme-prod/flows/f-1";
+    let valid = grpc::check_request("GET", flows, &[("authorization", &key)]);
+
+    // No attributes, no request, no http block: a deny answer.
+    let mut no_http = valid.clone();
+    no_http
+        .attributes
+        .as_mut()
+        .unwrap()
+        .request
+        .as_mut()
+        .unwrap()
+        .http = None;
+    let mut no_request = valid.clone();
+    no_request.attributes.as_mut().unwrap().request = None;
+    let empty = envoy_types::ext_authz::v3::pb::CheckRequest::default();
+    for hollow in [empty, no_request, no_http] {
+        let got = grpc::answer(c.check(hollow).await.unwrap().into_inner());
+        assert_eq!((got.status, got.code.as_str()), (403, "invalid_request"));
+    }
+    // Headers that are no HTTP headers, a method that is none: a deny.
+    let bad_header = grpc::check_request(
+        "GET",
+        flows,
+        &[("authorization", &key), ("bad header\n", "x")],
+    );
+    let bad_method = grpc::check_request("GE T", flows, &[("authorization", &key)]);
+    for bad in [bad_header, bad_method] {
+        let got = grpc::answer(c.check(bad).await.unwrap().into_inner());
+        assert_eq!(got.status, 403, "{got:?}");
+    }
+    // Over the size limit: a gRPC error (a deny for Envoy), never an allow.
+    let big = "x".repeat(100 * 1024);
+    let oversized = grpc::check_request("GET", flows, &[("authorization", &key), ("x-big", &big)]);
+    let status = c.check(oversized).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    // Not a CheckRequest: a gRPC error.
+    let mut raw = tonic::client::Grpc::new(
+        tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    raw.ready().await.unwrap();
+    let junk: Result<tonic::Response<Junk>, _> = raw
+        .unary(
+            tonic::Request::new(Junk {
+                attributes: vec![0xff; 64],
+            }),
+            "/envoy.service.auth.v3.Authorization/Check"
+                .parse()
+                .unwrap(),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    assert_eq!(junk.map(|_| ()).unwrap_err().code(), tonic::Code::Internal);
+    // Garbage bytes and a plain HTTP/1 request on the port.
+    for garbage in [
+        (0..65536u32)
+            .map(|i| (i * 7919 % 251) as u8)
+            .collect::<Vec<u8>>(),
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x04\xff\xff\xff\xff\xff\xff".to_vec(),
+    ] {
+        let mut stream = TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let _ = stream.write_all(&garbage);
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink);
+    }
+
+    // Still up, still deciding, still healthy.
+    assert!(matches!(proc.child.try_wait(), Ok(None)), "{}", proc.log());
+    let mut c = grpc::client(&addr).await;
+    let got = grpc::answer(c.check(valid).await.unwrap().into_inner());
+    assert_eq!(
+        (got.status, got.principal.as_deref()),
+        (200, Some(r#"Prefect::User::"carol""#))
+    );
+    let carol_denied = grpc::check_request(
+        "DELETE",
+        "/api/accounts/acme/workspaces/acme-prod/deployments/d-1",
+        &[("authorization", &key)],
+    );
+    let got = grpc::answer(c.check(carol_denied).await.unwrap().into_inner());
+    assert_eq!(got.status, 403);
+    assert_eq!(grpc::health(&addr, "").await, grpc::SERVING);
+
+    // An HTTP/2 connection left open (a client that ignores GOAWAY) does
+    // not keep a stopping server from exiting.
+    let mut idle = TcpStream::connect(&addr).unwrap();
+    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    Command::new("kill")
+        .args(["-TERM", &proc.child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = proc.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "not stopped:\n{}", proc.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}\n{}", proc.log());
+    drop(idle);
 }
 
 #[tokio::test]

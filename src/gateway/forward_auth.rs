@@ -17,10 +17,12 @@
 //!
 //! [`map`] reads the contract, matches the route ([`super::routes`]) and
 //! resolves the principal: from the trusted header when one is configured
-//! and present, else from the bearer API key ([`super::keys`]). It decides
-//! nothing and holds no server state: the HTTP handler
-//! (`crate::http::forward_auth`) asks the decision point and writes the
-//! answer.
+//! and present, else from the bearer API key ([`super::keys`]);
+//! [`map_original`] does the same for a transport that carries the original
+//! method and target itself (Envoy's gRPC `Check`). It decides nothing and
+//! holds no server state: [`super::check`] asks the decision point, for the
+//! HTTP handler (`crate::http::forward_auth`) and the gRPC service
+//! (`crate::grpc`) alike.
 
 use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
 use cedar_policy::EntityUid;
@@ -110,6 +112,26 @@ impl Refusal {
         }
     }
 
+    /// The JSON body of the refusal, as every transport writes it:
+    /// `{"error": {"code", "message"}}`, with the decision id when there is one.
+    pub fn body(&self) -> serde_json::Value {
+        let mut body =
+            serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        if let Some(id) = &self.decision_id {
+            body["decision_id"] = serde_json::json!(id);
+        }
+        body
+    }
+
+    /// The `WWW-Authenticate` challenge of a 401 (none for other statuses).
+    pub fn challenge(&self) -> Option<&'static str> {
+        (self.status == StatusCode::UNAUTHORIZED).then_some(if self.invalid_token {
+            r#"Bearer realm="orgwarden", error="invalid_token""#
+        } else {
+            r#"Bearer realm="orgwarden""#
+        })
+    }
+
     pub fn unauthorized(invalid_token: bool, message: impl Into<String>) -> Self {
         Refusal {
             status: StatusCode::UNAUTHORIZED,
@@ -147,7 +169,7 @@ fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Ref
 }
 
 /// The original method and request target, by contract.
-fn original<'r>(
+pub fn original<'r>(
     method: &'r Method,
     uri: &'r Uri,
     headers: &'r HeaderMap,
@@ -180,11 +202,7 @@ fn original<'r>(
         }
     };
     let original_method = single(headers, method_header)?.unwrap_or(method.as_str());
-    let token = !original_method.is_empty()
-        && original_method
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if !token {
+    if !is_method(original_method) {
         return Err(Refusal::forbidden(
             "invalid_request",
             format!("the `{method_header}` header is not an HTTP method"),
@@ -308,23 +326,49 @@ pub fn map<'s>(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Mapped<'s>, Refusal> {
-    let (mut original_method, target) = original(method, uri, headers)?;
+    let (original_method, target) = original(method, uri, headers)?;
     let raw = uri.path_and_query().map(|p| p.as_str()).unwrap_or_default();
-    if let Some(why) = ambiguity(target).or_else(|| ambiguity(raw)) {
+    if let Some(why) = ambiguity(raw) {
         return Err(Refusal::forbidden("ambiguous_request", why));
     }
+    map_original(config, snap, original_method, target, headers)
+}
+
+/// Whether `method` is an HTTP method token (RFC 9110).
+fn is_method(method: &str) -> bool {
+    !method.is_empty()
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// [`map`] for a request whose original method and target are already
+/// known (a transport that carries them, such as Envoy's gRPC `Check`).
+pub fn map_original<'s>(
+    config: &ForwardAuthConfig,
+    snap: &'s Snapshot,
+    original_method: &str,
+    target: &str,
+    headers: &HeaderMap,
+) -> Result<Mapped<'s>, Refusal> {
+    if let Some(why) = ambiguity(target) {
+        return Err(Refusal::forbidden("ambiguous_request", why));
+    }
+    let mut original_method = original_method;
     if let Some(named) = method_override(config, headers)? {
-        let token = !named.is_empty()
-            && named
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-        if !token {
+        if !is_method(named) {
             return Err(Refusal::forbidden(
                 "invalid_request",
                 "the method-override header is not an HTTP method",
             ));
         }
         original_method = named;
+    }
+    if !is_method(original_method) {
+        return Err(Refusal::forbidden(
+            "invalid_request",
+            "the original method is not an HTTP method",
+        ));
     }
     let segments = routes::request_segments(target)
         .map_err(|e| Refusal::forbidden("invalid_path", e.to_string()))?;

@@ -14,12 +14,16 @@
 //!   account whose `apiKeyDigests` attribute holds the key's SHA-256 digest,
 //!   through an index built once per snapshot.
 //! * [`forward_auth`]: the gateway contracts: a forwarded request to the
-//!   route and the principal to decide. It holds no server state; the HTTP
-//!   handler (`crate::http::forward_auth`) asks [`crate::pdp::Pdp`] and
-//!   answers.
+//!   route and the principal to decide. It holds no server state.
+//! * [`check`]: the one decision path of a forwarded request, through
+//!   [`crate::pdp::Pdp`], shared by the HTTP handler
+//!   (`crate::http::forward_auth`) and the ext_authz gRPC service
+//!   (`crate::grpc`), which only write its answer in their wire formats.
 //!
-//! `docs/gateway.md` shows tested nginx, Envoy and Traefik configurations.
+//! `docs/gateway.md` shows tested nginx, Envoy (HTTP and gRPC), Traefik and
+//! Istio configurations.
 
+pub mod check;
 pub mod forward_auth;
 pub mod keys;
 pub mod routes;

@@ -1,6 +1,6 @@
 //! The forward-auth handler: `ANY /v1/forward-auth[/{*path}]`, thin over
-//! [`crate::gateway::forward_auth`] (which reads the gateway's request) and
-//! [`crate::pdp::Pdp`] (which decides).
+//! [`crate::gateway::forward_auth`] (which reads the gateway's contract) and
+//! [`crate::gateway::check`] (which decides, as for the gRPC service).
 //!
 //! The answer: **200** to allow, with `X-Orgwarden-Principal`
 //! (`Prefect::User::"alice"`) and `X-Orgwarden-Decision-Id` for the gateway
@@ -18,29 +18,20 @@ use axum::extract::State;
 use axum::http::header::{CACHE_CONTROL, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use super::App;
-use crate::gateway::forward_auth::{self, DECISION_ID_HEADER, Mapped, PRINCIPAL_HEADER, Refusal};
+use crate::gateway::check::{self, Allowed};
+use crate::gateway::forward_auth::{self, DECISION_ID_HEADER, PRINCIPAL_HEADER, Refusal};
 use crate::live_facts::At;
 
 pub use crate::gateway::forward_auth::PATH;
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": { "code": self.code, "message": self.message } });
-        if let Some(id) = &self.decision_id {
-            body["decision_id"] = json!(id);
-        }
-        let mut response = (self.status, axum::Json(body)).into_response();
+        let mut response = (self.status, axum::Json(self.body())).into_response();
         let headers = response.headers_mut();
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if self.status == StatusCode::UNAUTHORIZED {
-            let challenge = if self.invalid_token {
-                r#"Bearer realm="orgwarden", error="invalid_token""#
-            } else {
-                r#"Bearer realm="orgwarden""#
-            };
+        if let Some(challenge) = self.challenge() {
             headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         }
         if let Some(id) = self
@@ -53,23 +44,23 @@ impl IntoResponse for Refusal {
     }
 }
 
-fn allow(principal: Option<&str>, decision_id: Option<String>) -> Result<Response, Refusal> {
+fn allow(allowed: Allowed) -> Response {
     let mut response = StatusCode::OK.into_response();
     let headers = response.headers_mut();
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(p) = principal {
-        let value = HeaderValue::from_str(p).map_err(|_| {
-            Refusal::forbidden(
-                "invalid_principal",
-                "the principal cannot be written in a header",
-            )
-        })?;
-        headers.insert(PRINCIPAL_HEADER, value);
+    if let Some(p) = allowed
+        .principal
+        .and_then(|p| HeaderValue::from_str(&p).ok())
+    {
+        headers.insert(PRINCIPAL_HEADER, p);
     }
-    if let Some(id) = decision_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+    if let Some(id) = allowed
+        .decided
+        .and_then(|d| HeaderValue::from_str(&d.decision_id.to_string()).ok())
+    {
         headers.insert(DECISION_ID_HEADER, id);
     }
-    Ok(response)
+    response
 }
 
 /// Decide one forwarded request against `snap`.
@@ -80,54 +71,23 @@ pub async fn decide(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Response {
-    match decide_inner(app, snap, method, uri, headers).await {
-        Ok(r) => r,
-        Err(refusal) => refusal.into_response(),
-    }
-}
-
-async fn decide_inner(
-    app: &App,
-    snap: &At,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-) -> Result<Response, Refusal> {
-    let (principal, matched) =
-        match forward_auth::map(&app.config.forward_auth, snap, method, uri, headers)? {
-            Mapped::Pass(who) => {
-                let shown = who.as_ref().map(ToString::to_string);
-                return allow(shown.as_deref(), None);
-            }
-            Mapped::Ask { principal, matched } => (principal, matched),
-        };
-    let decided = app
-        .pdp
-        .authorize_uids(
-            snap,
-            principal,
-            matched.route.action.clone(),
-            matched.resource_uid(),
-            "forward_auth",
-        )
-        .await
-        .map_err(|e| {
-            tracing::warn!(
-                route = %matched.route.name(),
-                origin = %matched.route.origin,
-                error = %e,
-                "forward-auth: the route's request is invalid"
-            );
-            Refusal::forbidden("invalid_request", e.to_string())
-        })?;
-    let decision_id = decided.decision_id.to_string();
-    if decided.entry.outcome.allowed() {
-        allow(Some(&decided.entry.principal), Some(decision_id))
-    } else {
-        Err(Refusal {
-            decision_id: Some(decision_id),
-            ..Refusal::forbidden("forbidden", "denied by the policies")
-        })
+    let (original_method, target) = match forward_auth::original(method, uri, headers) {
+        Ok(original) => original,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let verdict = check::check(
+        &app.pdp,
+        &app.config.forward_auth,
+        snap,
+        original_method,
+        target,
+        headers,
+        "forward_auth",
+    )
+    .await;
+    match verdict {
+        Ok(allowed) => allow(allowed),
+        Err(refused) => refused.refusal.into_response(),
     }
 }
 

@@ -84,7 +84,8 @@ impl Default for HttpConfig {
 
 /// The state every handler shares.
 pub struct App {
-    pub pdp: Pdp,
+    /// Shared with the gRPC service, when one runs.
+    pub pdp: Arc<Pdp>,
     pub config: HttpConfig,
     pub public_url: Option<String>,
     admin_digest: Option<[u8; 32]>,
@@ -126,7 +127,7 @@ impl App {
             .with_request_entities(config.request_entities)
             .with_heavy_limits(config.decision_workers, config.decision_queue);
         App {
-            pdp,
+            pdp: Arc::new(pdp),
             public_url: config.public_url.clone(),
             config,
             admin_digest,
