@@ -5,9 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::binary::{serve_command, spawn_serve};
+use common::http::Answer;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "s3cret-facts-token";
@@ -23,27 +21,7 @@ fn orgwarden() -> Command {
     Command::new(env!("CARGO_BIN_EXE_orgwarden"))
 }
 
-/// An HTTP answer: status, headers (lower-case names), JSON body.
-struct Answer {
-    status: u16,
-    headers: BTreeMap<String, String>,
-    body: Value,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(String::as_str)
-    }
-
-    fn revision(&self) -> u64 {
-        self.header("orgwarden-revision")
-            .expect("an Orgwarden-Revision header")
-            .parse()
-            .unwrap()
-    }
-}
-
-/// A blocking HTTP/1.1 call over std (`Connection: close`).
+/// A blocking call (`common::http::call`), waiting at most 30 s.
 fn call(
     base: &str,
     method: &str,
@@ -51,44 +29,7 @@ fn call(
     headers: &[(&str, &str)],
     body: Option<&Value>,
 ) -> std::io::Result<Answer> {
-    let host = base.strip_prefix("http://").unwrap();
-    let mut stream = TcpStream::connect(host)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let payload = body.map(Value::to_string).unwrap_or_default();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        payload.len()
-    );
-    if body.is_some() {
-        head.push_str("Content-Type: application/json\r\n");
-    }
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(payload.as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no header end"))?;
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other("no status"))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let body = serde_json::from_str(body).unwrap_or(Value::Null);
-    Ok(Answer {
-        status,
-        headers,
-        body,
-    })
+    common::http::call(base, method, path, headers, body, Duration::from_secs(30))
 }
 
 fn auth() -> String {

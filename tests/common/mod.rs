@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod http;
 pub mod pg;
 
 pub use binary::copy_dir;
