@@ -32,7 +32,7 @@ function el(tag, attrs = {}, ...children) {
     else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
     else e.setAttribute(k, v === true ? '' : String(v));
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === undefined || c === null || c === false) continue;
     e.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -40,7 +40,7 @@ function el(tag, attrs = {}, ...children) {
 }
 
 function clear(node, ...children) {
-  node.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+  node.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
 }
 
 class AuthError extends Error {}
@@ -490,7 +490,7 @@ function renderMatrices(r) {
     parts.push(r.failures.map((f) => el('div', { class: 'failure' },
       el('div', {}, el('code', { text: `${f.file}:${f.line}:${f.column}` }), ` ${f.name}`),
       el('div', { text: `expected ${f.expected}, got ${f.actual}${f.reasons && f.reasons.length ? ` (by ${f.reasons.join(', ')})` : ''}` }),
-      f.message ? el('div', { class: 'muted', text: f.message }) : null)));
+      f.message && f.message !== `expected ${f.expected}, got ${f.actual}` ? el('div', { class: 'muted', text: f.message }) : null)));
   }
   parts.push(el('table', { class: 'grid' },
     el('thead', {}, el('tr', {}, el('th', { text: 'file' }), el('th', { text: 'name' }), el('th', { text: 'passed' }), el('th', { text: 'failed' }))),
