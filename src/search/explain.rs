@@ -453,3 +453,78 @@ pub fn who_report(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::{Paths, load};
+
+    fn shipped() -> Snapshot {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        load(&Paths {
+            policies: root.join("policies"),
+            schema: root.join("schema"),
+            entities: root.join("entities"),
+            routes: None,
+        })
+        .expect("the shipped model loads")
+    }
+
+    fn uid(text: &str) -> EntityUid {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn each_fact_names_the_rule_it_instantiates() {
+        let snap = shipped();
+        let prod = uid(r#"Prefect::Workspace::"acme-prod""#);
+        let run = uid(r#"Prefect::Action::"run_deployments""#);
+        let see = uid(r#"Prefect::Action::"see_flows""#);
+        let union = vec!["union-of-default-and-explicit".to_string()];
+        let grounds = |who: &str, action: &EntityUid, ws: &EntityUid, policies: &[String]| {
+            let because = explain(&snap, &uid(who), action, ws, policies);
+            assert!(because.iter().all(|b| b.grounds.len() == b.facts.len()));
+            because
+                .into_iter()
+                .flat_map(|b| b.grounds)
+                .collect::<Vec<_>>()
+        };
+        let dana = r#"Prefect::User::"dana""#;
+        assert_eq!(grounds(dana, &run, &prod, &union), [Ground::ExplicitRole]);
+        assert_eq!(
+            grounds(dana, &see, &prod, &union),
+            [Ground::ExplicitRole, Ground::DefaultRole]
+        );
+        assert_eq!(
+            grounds(r#"Prefect::User::"carol""#, &see, &prod, &union),
+            [Ground::DefaultRole]
+        );
+        assert_eq!(
+            grounds(
+                r#"Prefect::User::"alice""#,
+                &run,
+                &prod,
+                &["admin-overrides".to_string()]
+            ),
+            [Ground::AdminOverride]
+        );
+        let personal = uid(r#"Prefect::Workspace::"dave-personal""#);
+        assert_eq!(
+            grounds(
+                r#"Prefect::User::"dave""#,
+                &see,
+                &personal,
+                &["personal-owner".to_string()]
+            ),
+            [Ground::PersonalOwner]
+        );
+        assert_eq!(
+            grounds(r#"Prefect::User::"erin""#, &see, &personal, &union),
+            [Ground::Collaborator]
+        );
+        // The wire format is unchanged: grounds are not serialized.
+        let b = explain(&snap, &uid(dana), &run, &prod, &union);
+        let json = serde_json::to_value(&b).unwrap();
+        assert!(json[0].get("grounds").is_none(), "{json}");
+    }
+}
