@@ -382,6 +382,23 @@ pub struct ServeArgs {
     /// behind the pruned log re-loads a snapshot of the store.
     #[arg(long, env = "ORGWARDEN_FACTS_RETAIN_CHANGES", default_value_t = crate::live_facts::DEFAULT_RETAIN_CHANGES)]
     pub facts_retain_changes: u64,
+    /// Serve the read-only web console for policy authors at `/console`;
+    /// with --admin-token, the console asks for it.
+    #[arg(long, env = "ORGWARDEN_CONSOLE")]
+    pub console: bool,
+    /// The matrix files the console runs (a file or a directory).
+    #[arg(
+        long,
+        env = "ORGWARDEN_CONSOLE_MATRICES",
+        default_value = "tests/matrices"
+    )]
+    pub console_matrices: PathBuf,
+    /// The properties file the console's `verify` proves.
+    #[arg(long, env = "ORGWARDEN_CONSOLE_PROPERTIES", default_value = crate::verify::DEFAULT_PROPERTIES)]
+    pub console_properties: PathBuf,
+    /// Time limit of one console run of the matrices or of `verify`, in seconds.
+    #[arg(long, env = "ORGWARDEN_CONSOLE_RUN_TIMEOUT_S", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub console_run_timeout_s: u64,
 }
 
 impl ServeArgs {
@@ -428,6 +445,11 @@ impl ServeArgs {
                 retain_changes: self.facts_retain_changes,
             },
             last_good_dir: self.last_good_dir.clone(),
+            console: self.console.then(|| crate::console::ConsoleConfig {
+                matrices: self.console_matrices.clone(),
+                properties: self.console_properties.clone(),
+                run_timeout: Duration::from_secs(self.console_run_timeout_s),
+            }),
             cache_size: self.cache_size,
             decision_log: self.decision_log.clone(),
             decision_log_denies_only: self.decision_log_denies_only,

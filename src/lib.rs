@@ -16,7 +16,8 @@
 //! 5. live state and the decision point: [`reload`], [`decision_log`],
 //!    [`metrics`], [`pdp`], and [`gateway::check`] (a forwarded request
 //!    decided, for every gateway transport);
-//! 6. on top: [`http`] (wire formats and handlers), [`grpc`] (Envoy's
+//! 6. on top: [`http`] (wire formats and handlers), [`console`] (the web
+//!    console for policy authors, over [`http`]), [`grpc`] (Envoy's
 //!    ext_authz service and gRPC health), [`server`] (a plain
 //!    [`server::ServerConfig`] in, a running sidecar out) and [`cli`] (the
 //!    only module that knows clap).
@@ -26,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod console;
 pub mod diag;
 pub mod diff;
 pub mod domain;

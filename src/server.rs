@@ -56,6 +56,8 @@ pub struct ServerConfig {
     /// Where the inputs of every good snapshot are kept, and served from
     /// when the files are invalid at start.
     pub last_good_dir: Option<std::path::PathBuf>,
+    /// The web console at `/console` (off unless set).
+    pub console: Option<crate::console::ConsoleConfig>,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -208,7 +210,14 @@ pub fn run(config: ServerConfig) -> ExitCode {
         let http_shutdown = async move {
             let _ = http_stopped.wait_for(|s| *s).await;
         };
-        let served = http::serve(listener, app, http_shutdown).await;
+        let console = match config.console.clone() {
+            Some(console) => {
+                tracing::info!("console at http://{addr}/console/");
+                crate::console::routes(app.clone(), console)
+            }
+            None => axum::Router::new(),
+        };
+        let served = http::serve_with(listener, app, console, http_shutdown).await;
         if let Some(mut task) = grpc_task {
             // Calls in flight finish; a connection that stays open without
             // them (a client that ignores GOAWAY) does not hold the exit.

@@ -344,6 +344,12 @@ async fn not_found() -> ApiError {
 
 /// The router with every endpoint and limit.
 pub fn router(app: Arc<App>) -> Router {
+    router_with(app, Router::new())
+}
+
+/// [`router`] with `extra` routes (served by a module above this one, such
+/// as the console) under the same limits, timeout and error format.
+pub fn router_with(app: Arc<App>, extra: Router<Arc<App>>) -> Router {
     let timeout = app.config.request_timeout;
     let body_limit = app.config.max_body_bytes;
     Router::new()
@@ -377,6 +383,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route(forward_auth::PATH, any(forward_auth::forward_auth))
         .route("/v1/forward-auth/", any(forward_auth::forward_auth))
         .route("/v1/forward-auth/{*path}", any(forward_auth::forward_auth))
+        .merge(extra)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(app.clone(), count_in_flight))
@@ -395,8 +402,19 @@ pub async fn serve(
     app: Arc<App>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, app, Router::new(), shutdown).await
+}
+
+/// [`serve`] with `extra` routes ([`router_with`]).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+    extra: Router<Arc<App>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let limits = app.config.connections;
     let metrics = app.pdp.metrics.clone();
     let shedding = shedding_router(app.clone());
-    listen::serve(listener, router(app), shedding, limits, metrics, shutdown).await
+    let router = router_with(app, extra);
+    listen::serve(listener, router, shedding, limits, metrics, shutdown).await
 }

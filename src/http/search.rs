@@ -61,7 +61,8 @@ macro_rules! on_source {
     };
 }
 
-type Answer = ([(HeaderName, HeaderValue); 1], Json<Value>);
+/// A JSON answer with the `Orgwarden-Revision` it was decided at.
+pub type Answer = ([(HeaderName, HeaderValue); 1], Json<Value>);
 
 /// `page` of a search request (`next_token` is accepted for `token`).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -157,7 +158,7 @@ fn context_value(c: &Option<Map<String, Value>>) -> Value {
 /// Run `f` on the blocking pool with the snapshot and the facts of this
 /// request (once they reach its `Orgwarden-Min-Revision`); the answer
 /// carries the revision it was decided at.
-async fn blocking(
+pub async fn blocking(
     app: &Arc<App>,
     headers: &HeaderMap,
     f: impl FnOnce(&Snapshot, &Src<'_>, u64) -> Result<Value, ApiError> + Send + 'static,

@@ -24,6 +24,36 @@ pub struct Because {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
     pub facts: Vec<String>,
+    /// The kind of each fact in `facts` (same order): which rule of the
+    /// model it is an instance of. Not serialized: the wire format lists
+    /// the facts' texts only.
+    #[serde(skip)]
+    pub grounds: Vec<Ground>,
+}
+
+/// Which rule of the platform's model a fact behind a grant instantiates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ground {
+    /// The principal's explicit role in the workspace (its tag).
+    ExplicitRole,
+    /// The workspace's default role, for the users of its organization.
+    DefaultRole,
+    /// An Admin of the workspace's organization.
+    AdminOverride,
+    /// The owner of a personal workspace.
+    PersonalOwner,
+    /// A collaborator invited to a personal workspace, capped at the
+    /// Collaborator role.
+    Collaborator,
+    /// An Admin of the organization a workspace is being transferred to.
+    TransferTarget,
+    /// An Admin of the organization (organization actions).
+    OrgAdmin,
+    /// A member of the organization.
+    OrgMember,
+    /// The invitee of a pending invitation.
+    Invitee,
 }
 
 /// How a workspace relates to a principal (platform model only).
@@ -90,7 +120,12 @@ impl<S: Source> Facts<'_, S> {
 
     /// The explicit role `principal` holds in `workspace` (its tag), if it
     /// applies there and grants `action`.
-    fn explicit(&self, p: &EntityUid, ws: &EntityUid, action: &EntityUid) -> Option<String> {
+    fn explicit(
+        &self,
+        p: &EntityUid,
+        ws: &EntityUid,
+        action: &EntityUid,
+    ) -> Option<(Ground, String)> {
         let key = self.string_attr(ws, "key")?;
         let role = match self.src.tag(p, &key)? {
             EvalResult::EntityUid(r) => r,
@@ -105,19 +140,27 @@ impl<S: Source> Facts<'_, S> {
                 .entity_attr(&role, "org")
                 .is_none_or(|role_org| role_org == org);
             (self.is_in(p, &org) && own_org).then(|| {
-                format!("explicit role `{role_id}` (tag `{key}` of {p}, a member of {org})")
+                (
+                    Ground::ExplicitRole,
+                    format!("explicit role `{role_id}` (tag `{key}` of {p}, a member of {org})"),
+                )
             })
         } else if let Some(owner) = self.entity_attr(ws, "owner") {
             let collaborator = self.role(COLLABORATOR);
             (self.is_type(p, "User") && self.grants(&collaborator, action)).then(|| {
-                format!("role `{role_id}` as a collaborator invited to the personal workspace of {owner} (tag `{key}`)")
+                (Ground::Collaborator, format!("role `{role_id}` as a collaborator invited to the personal workspace of {owner} (tag `{key}`)"))
             })
         } else {
             None
         }
     }
 
-    fn default_role(&self, p: &EntityUid, ws: &EntityUid, action: &EntityUid) -> Option<String> {
+    fn default_role(
+        &self,
+        p: &EntityUid,
+        ws: &EntityUid,
+        action: &EntityUid,
+    ) -> Option<(Ground, String)> {
         let org = self.entity_attr(ws, "org")?;
         let role = self.entity_attr(ws, "defaultRole")?;
         let own_org = self
@@ -125,9 +168,12 @@ impl<S: Source> Facts<'_, S> {
             .is_none_or(|role_org| role_org == org);
         (self.is_type(p, "User") && self.is_in(p, &org) && own_org && self.grants(&role, action))
             .then(|| {
-                format!(
-                    "default role `{}` of the workspace, for every user of {org}",
-                    role.id().unescaped()
+                (
+                    Ground::DefaultRole,
+                    format!(
+                        "default role `{}` of the workspace, for every user of {org}",
+                        role.id().unescaped()
+                    ),
                 )
             })
     }
@@ -185,14 +231,17 @@ pub fn explain_in<S: Source>(
                     Some(l) => format!("{}:{l}", o.file.display()),
                     None => o.file.display().to_string(),
                 });
-            let found = facts
+            let (grounds, found) = facts
                 .as_ref()
                 .map(|f| facts_for(f, policy, principal, action, resource))
-                .unwrap_or_default();
+                .unwrap_or_default()
+                .into_iter()
+                .unzip();
             Because {
                 policy: policy.clone(),
                 origin,
                 facts: found,
+                grounds,
             }
         })
         .collect()
@@ -211,7 +260,7 @@ fn facts_for<S: Source>(
     p: &EntityUid,
     action: &EntityUid,
     r: &EntityUid,
-) -> Vec<String> {
+) -> Vec<(Ground, String)> {
     let mut out = Vec::new();
     match policy {
         "union-of-default-and-explicit" => {
@@ -220,25 +269,36 @@ fn facts_for<S: Source>(
         }
         "admin-overrides" => {
             if let Some(org) = f.entity_attr(r, "org") {
-                out.extend(f.org_admin(p, &org));
+                out.extend(f.org_admin(p, &org).map(|a| (Ground::AdminOverride, a)));
             }
         }
         "personal-owner" if f.entity_attr(r, "owner").as_ref() == Some(p) => {
-            out.push("owner of the personal workspace".to_string());
+            out.push((
+                Ground::PersonalOwner,
+                "owner of the personal workspace".to_string(),
+            ));
         }
         "workspace-transfer-accept" => {
             if let Some(org) = f.entity_attr(r, "transferTo") {
                 out.extend(f.org_admin(p, &org).map(|a| {
-                    format!("{a}, the organization the workspace is being transferred to")
+                    (
+                        Ground::TransferTarget,
+                        format!("{a}, the organization the workspace is being transferred to"),
+                    )
                 }));
             }
         }
-        "org-admin-actions" => out.extend(f.org_admin(p, r)),
-        "org-member-read" if f.is_in(p, r) => out.push(format!("member of {r}")),
+        "org-admin-actions" => out.extend(f.org_admin(p, r).map(|a| (Ground::OrgAdmin, a))),
+        "org-member-read" if f.is_in(p, r) => {
+            out.push((Ground::OrgMember, format!("member of {r}")))
+        }
         "invitation-accept" => {
             if let Some(email) = f.string_attr(r, "email") {
-                out.push(format!(
-                    "invited as `{email}`, the principal's email, and the invitation is pending"
+                out.push((
+                    Ground::Invitee,
+                    format!(
+                        "invited as `{email}`, the principal's email, and the invitation is pending"
+                    ),
                 ));
             }
         }
@@ -392,4 +452,79 @@ pub fn who_report(
         out.push_str(&format!("  {uid:<width$}  {}\n", policies.join(", ")));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::{Paths, load};
+
+    fn shipped() -> Snapshot {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        load(&Paths {
+            policies: root.join("policies"),
+            schema: root.join("schema"),
+            entities: root.join("entities"),
+            routes: None,
+        })
+        .expect("the shipped model loads")
+    }
+
+    fn uid(text: &str) -> EntityUid {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn each_fact_names_the_rule_it_instantiates() {
+        let snap = shipped();
+        let prod = uid(r#"Prefect::Workspace::"acme-prod""#);
+        let run = uid(r#"Prefect::Action::"run_deployments""#);
+        let see = uid(r#"Prefect::Action::"see_flows""#);
+        let union = vec!["union-of-default-and-explicit".to_string()];
+        let grounds = |who: &str, action: &EntityUid, ws: &EntityUid, policies: &[String]| {
+            let because = explain(&snap, &uid(who), action, ws, policies);
+            assert!(because.iter().all(|b| b.grounds.len() == b.facts.len()));
+            because
+                .into_iter()
+                .flat_map(|b| b.grounds)
+                .collect::<Vec<_>>()
+        };
+        let dana = r#"Prefect::User::"dana""#;
+        assert_eq!(grounds(dana, &run, &prod, &union), [Ground::ExplicitRole]);
+        assert_eq!(
+            grounds(dana, &see, &prod, &union),
+            [Ground::ExplicitRole, Ground::DefaultRole]
+        );
+        assert_eq!(
+            grounds(r#"Prefect::User::"carol""#, &see, &prod, &union),
+            [Ground::DefaultRole]
+        );
+        assert_eq!(
+            grounds(
+                r#"Prefect::User::"alice""#,
+                &run,
+                &prod,
+                &["admin-overrides".to_string()]
+            ),
+            [Ground::AdminOverride]
+        );
+        let personal = uid(r#"Prefect::Workspace::"dave-personal""#);
+        assert_eq!(
+            grounds(
+                r#"Prefect::User::"dave""#,
+                &see,
+                &personal,
+                &["personal-owner".to_string()]
+            ),
+            [Ground::PersonalOwner]
+        );
+        assert_eq!(
+            grounds(r#"Prefect::User::"erin""#, &see, &personal, &union),
+            [Ground::Collaborator]
+        );
+        // The wire format is unchanged: grounds are not serialized.
+        let b = explain(&snap, &uid(dana), &run, &prod, &union);
+        let json = serde_json::to_value(&b).unwrap();
+        assert!(json[0].get("grounds").is_none(), "{json}");
+    }
 }

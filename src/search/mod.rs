@@ -660,7 +660,7 @@ impl<'a, S: Source> Asker<'a, S> {
 }
 
 /// The schema's actions that apply to these types, in the stable order.
-fn applicable_actions<'a>(
+pub fn applicable_actions<'a>(
     snap: &'a Snapshot,
     principal: &EntityTypeName,
     resource: &EntityTypeName,
