@@ -414,6 +414,7 @@ impl ServeArgs {
                 strip_credentials: self.strip_credentials,
                 max_message_bytes: self.grpc_max_message_bytes,
                 timeout: Duration::from_millis(self.request_timeout_ms),
+                consistency_wait: Duration::from_millis(self.consistency_wait_ms),
                 forward_auth: forward_auth.clone(),
             },
             paths: self.paths.paths(),

@@ -30,6 +30,41 @@ use crate::names::EntityRef;
 use crate::reload::Live;
 use crate::request_facts::{RequestEntities, RequestFacts};
 
+/// The response header naming the fact revision a decision used.
+pub const REVISION_HEADER: &str = "orgwarden-revision";
+
+/// The request header naming the least fact revision a decision may use.
+pub const MIN_REVISION_HEADER: &str = "orgwarden-min-revision";
+
+/// The revision in an `Orgwarden-Min-Revision` value: a non-negative
+/// integer, spaces around it allowed; none when it is anything else.
+pub fn parse_min_revision(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
+}
+
+/// Facts still behind a requested minimum revision after the wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Behind {
+    /// The revision decisions would use now.
+    pub revision: u64,
+    /// The revision asked for.
+    pub min: u64,
+    /// How long the request waited.
+    pub waited: Duration,
+}
+
+impl std::fmt::Display for Behind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the facts are at revision {}, behind the requested minimum {} after waiting {} ms",
+            self.revision,
+            self.min,
+            self.waited.as_millis()
+        )
+    }
+}
+
 /// A decision as a server reports it.
 #[derive(Debug, Clone)]
 pub struct Decided {
@@ -142,6 +177,37 @@ impl Pdp {
             Some(facts) => facts.at(snap),
             None => At::files(snap),
         }
+    }
+
+    /// What to decide against once the facts reach revision `min` (a
+    /// client's `Orgwarden-Min-Revision`): waits up to `patience`, then
+    /// says how far behind they still are. Without a fact store the
+    /// revision is the snapshot's generation, which reloads raise.
+    pub async fn at_least(&self, min: u64, patience: Duration) -> Result<At, Behind> {
+        let reached = match &self.facts {
+            Some(facts) => facts.wait_for(min, patience).await,
+            None => {
+                let deadline = tokio::time::Instant::now() + patience;
+                loop {
+                    if self.live.snapshot().generation >= min {
+                        break true;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        break false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        let at = self.at();
+        if !reached || at.revision() < min {
+            return Err(Behind {
+                revision: at.revision(),
+                min,
+                waited: patience,
+            });
+        }
+        Ok(at)
     }
 
     /// Waits for the decision log's writer once the decision point is gone.

@@ -1230,6 +1230,23 @@ async fn envoy_grpc_ext_authz_enforces_the_policies() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    // The client learns the fact revision the check was decided at.
+    assert!(
+        resp.headers().contains_key("orgwarden-revision"),
+        "{:?}",
+        resp.headers()
+    );
+    // A minimum revision the facts cannot reach is refused, not decided.
+    let resp = client()
+        .get(format!("http://127.0.0.1:{listen}{flows}"))
+        .bearer_auth(key_of("carol"))
+        .header("Orgwarden-Min-Revision", "1000000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "stale_facts", "{body}");
     let deadline = Instant::now() + Duration::from_secs(10);
     let line = loop {
         let text = std::fs::read_to_string(&access_log).unwrap_or_default();
@@ -1488,6 +1505,108 @@ async fn grpc_answers_carry_headers_metadata_and_options() {
     );
     assert!(!text.contains(key_of("deployer-bot")), "{text}");
     assert!(!text.contains("Bearer"), "{text}");
+}
+
+#[tokio::test]
+async fn grpc_checks_honour_the_minimum_revision() {
+    let s = server(HttpConfig::default()).await;
+    let addr = grpc::serve(
+        &s,
+        GrpcConfig {
+            consistency_wait: Duration::from_millis(150),
+            ..GrpcConfig::default()
+        },
+    )
+    .await;
+    let mut c = grpc::client(&addr).await;
+    let now = s.app.pdp.at().revision();
+    let flows = "/api/accounts/acme/workspaces/acme-prod/flows/f-1";
+    let carol = format!("Bearer {}", key_of("carol"));
+    let revision_of =
+        |headers: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption]| {
+            headers
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .find(|h| h.key == "orgwarden-revision")
+                .map(|h| h.value.clone())
+        };
+    let ask = |method: &str, min: Option<&str>, target: &str| {
+        let mut headers = vec![("authorization", carol.as_str())];
+        if let Some(min) = min {
+            headers.push(("orgwarden-min-revision", min));
+        }
+        grpc::check_request(method, target, &headers)
+    };
+
+    // Reached: decided, and the client is told the revision used.
+    for min in [None, Some(now.to_string())] {
+        let got = grpc::answer(
+            c.check(ask("GET", min.as_deref(), flows))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+        assert_eq!(got.status, 200, "{got:?}");
+        let Some(HttpResponse::OkResponse(ok)) = &got.response.http_response else {
+            panic!("{got:?}")
+        };
+        assert_eq!(
+            revision_of(&ok.response_headers_to_add),
+            Some(now.to_string())
+        );
+    }
+    // A deny names the revision too.
+    let deploy = "/api/accounts/acme/workspaces/acme-prod/deployments/d-1";
+    let got = grpc::answer(
+        c.check(ask("DELETE", None, deploy))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(got.status, 403, "{got:?}");
+    let Some(HttpResponse::DeniedResponse(denied)) = &got.response.http_response else {
+        panic!("{got:?}")
+    };
+    assert_eq!(revision_of(&denied.headers), Some(now.to_string()));
+
+    // Ahead of the facts: refused after the wait, never decided on old facts.
+    let started = Instant::now();
+    let ahead = (now + 1).to_string();
+    let got = grpc::answer(
+        c.check(ask("GET", Some(&ahead), flows))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(
+        (got.status, got.code.as_str()),
+        (503, "stale_facts"),
+        "{got:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    // Not a revision: refused as a bad request.
+    let got = grpc::answer(
+        c.check(ask("GET", Some("soon"), flows))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(
+        (got.status, got.code.as_str()),
+        (400, "invalid_header"),
+        "{got:?}"
+    );
+
+    // The HTTP forward-auth path answers the same.
+    let resp = s
+        .client
+        .get(format!("{}/v1/forward-auth{flows}", s.base))
+        .header("Authorization", &carol)
+        .header("Orgwarden-Min-Revision", "soon")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
 }
 
 #[tokio::test]

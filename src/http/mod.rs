@@ -93,9 +93,10 @@ pub struct App {
 }
 
 /// The fact revision a decision was made at (response header).
-pub const REVISION_HEADER: HeaderName = HeaderName::from_static("orgwarden-revision");
+pub const REVISION_HEADER: HeaderName = HeaderName::from_static(crate::pdp::REVISION_HEADER);
 /// The least fact revision a request accepts being decided at.
-pub const MIN_REVISION_HEADER: HeaderName = HeaderName::from_static("orgwarden-min-revision");
+pub const MIN_REVISION_HEADER: HeaderName =
+    HeaderName::from_static(crate::pdp::MIN_REVISION_HEADER);
 
 /// The `Orgwarden-Revision` header of an answer decided at `at`.
 pub fn revision_header(at: &At) -> [(HeaderName, HeaderValue); 1] {
@@ -161,48 +162,23 @@ impl App {
         let Some(value) = headers.get(&MIN_REVISION_HEADER) else {
             return Ok(self.pdp.at());
         };
-        let min: u64 = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_header",
-                    "Orgwarden-Min-Revision",
-                    "Orgwarden-Min-Revision must be a revision: a non-negative integer",
+        let min = crate::pdp::parse_min_revision(value.as_bytes()).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_header",
+                "Orgwarden-Min-Revision",
+                "Orgwarden-Min-Revision must be a revision: a non-negative integer",
+            )
+        })?;
+        self.pdp
+            .at_least(min, self.config.consistency_wait)
+            .await
+            .map_err(|behind| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "stale_facts",
+                    behind.to_string(),
                 )
-            })?;
-        let patience = self.config.consistency_wait;
-        let reached = match &self.pdp.facts {
-            Some(facts) => facts.wait_for(min, patience).await,
-            None => {
-                // File mode: the revision is the snapshot's generation,
-                // which reloads raise; poll it.
-                let deadline = tokio::time::Instant::now() + patience;
-                loop {
-                    if self.pdp.live.snapshot().generation >= min {
-                        break true;
-                    }
-                    if tokio::time::Instant::now() >= deadline {
-                        break false;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        };
-        let at = self.pdp.at();
-        if !reached || at.revision() < min {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "stale_facts",
-                format!(
-                    "the facts are at revision {}, behind the requested minimum {min} after waiting {} ms",
-                    at.revision(),
-                    patience.as_millis()
-                ),
-            ));
-        }
-        Ok(at)
+            })
     }
 
     /// Refuse an HTTP request whose items bring more entities, together,

@@ -18,6 +18,13 @@
 //!   `www-authenticate`, 403, or 503 while the facts are not loaded) and the
 //!   HTTP API's JSON error body.
 //!
+//! Like the HTTP APIs, a check decides at the revision of the facts it
+//! names in `orgwarden-revision` (a response header for the client, on an
+//! allow and on a deny), and a request carrying `Orgwarden-Min-Revision` is
+//! decided only once the facts reach it: it waits up to the consistency
+//! wait, then is refused with 503 `stale_facts` (400 `invalid_header` for a
+//! value that is not a revision).
+//!
 //! Every failure inside the service (a missing `http` block, headers that
 //! cannot be read, the deadline passed, a panic while deciding) is such a
 //! deny *response*, never a gRPC error status, so that an operator's
@@ -45,14 +52,17 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::ext_authz::v3::{DeniedHttpResponseBuilder, OkHttpResponseBuilder};
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 
 use crate::gateway::ForwardAuthConfig;
 use crate::gateway::check::{self, Allowed, Refused};
 use crate::gateway::forward_auth::{DECISION_ID_HEADER, PRINCIPAL_HEADER, Refusal};
-use crate::pdp::{Decided, Pdp};
+use crate::pdp::{Decided, MIN_REVISION_HEADER, Pdp, REVISION_HEADER, parse_min_revision};
+
+mod coalesce;
+use coalesce::Coalesced;
 
 /// The api label of gRPC checks in metrics and the decision log.
 pub const API: &str = "ext_authz_grpc";
@@ -81,6 +91,9 @@ pub struct GrpcConfig {
     pub max_message_bytes: usize,
     /// Time limit of one check; past it the answer is a deny.
     pub timeout: Duration,
+    /// How long a check with `Orgwarden-Min-Revision` waits for the facts
+    /// to reach it before it is refused (503 `stale_facts`).
+    pub consistency_wait: Duration,
     /// Routes, credentials and unmatched routes, as for `/v1/forward-auth`.
     pub forward_auth: ForwardAuthConfig,
 }
@@ -92,6 +105,7 @@ impl Default for GrpcConfig {
             strip_credentials: false,
             max_message_bytes: 4 * 1024 * 1024,
             timeout: Duration::from_secs(5),
+            consistency_wait: Duration::from_millis(1000),
             forward_auth: ForwardAuthConfig::default(),
         }
     }
@@ -116,27 +130,37 @@ impl Authorizer {
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref())
         else {
-            return denied(Refusal::forbidden(
-                "invalid_request",
-                "the check request has no HTTP request attributes",
-            ));
+            return denied(
+                Refusal::forbidden(
+                    "invalid_request",
+                    "the check request has no HTTP request attributes",
+                ),
+                None,
+            );
         };
         let headers = match header_map(http) {
             Ok(h) => h,
-            Err(refusal) => return denied(refusal),
+            Err(refusal) => return denied(refusal, None),
         };
         if let Some(facts) = &self.pdp.facts
             && !facts.ready()
         {
-            return denied(Refusal {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "facts_store_unavailable",
-                message: "the facts have not been loaded from the fact store yet".into(),
-                decision_id: None,
-                invalid_token: false,
-            });
+            return denied(
+                Refusal {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "facts_store_unavailable",
+                    message: "the facts have not been loaded from the fact store yet".into(),
+                    decision_id: None,
+                    invalid_token: false,
+                },
+                None,
+            );
         }
-        let snap = self.pdp.at();
+        let snap = match self.at(&headers).await {
+            Ok(snap) => snap,
+            Err(refusal) => return denied(refusal, None),
+        };
+        let revision = Some(snap.revision());
         let verdict = check::check(
             &self.pdp,
             &self.config.forward_auth,
@@ -148,16 +172,49 @@ impl Authorizer {
         )
         .await;
         match verdict {
-            Ok(allowed) => self.allowed(allowed),
+            Ok(allowed) => self.allowed(allowed, revision),
             Err(Refused { refusal, decided }) => {
-                let mut response = denied(refusal);
+                let mut response = denied(refusal, revision);
                 response.dynamic_metadata = decided.as_ref().map(metadata);
                 response
             }
         }
     }
 
-    fn allowed(&self, allowed: Allowed) -> CheckResponse {
+    /// What to decide against: the current facts, or, when the request
+    /// carries `Orgwarden-Min-Revision`, the facts once they reach it
+    /// (waiting up to the consistency wait, as the HTTP APIs do).
+    async fn at(&self, headers: &HeaderMap) -> Result<crate::live_facts::At, Refusal> {
+        let Some(value) = headers.get(MIN_REVISION_HEADER) else {
+            return Ok(self.pdp.at());
+        };
+        let refused = |status, code, message: String| Refusal {
+            status,
+            code,
+            message,
+            decision_id: None,
+            invalid_token: false,
+        };
+        let min = parse_min_revision(value.as_bytes()).ok_or_else(|| {
+            refused(
+                StatusCode::BAD_REQUEST,
+                "invalid_header",
+                "Orgwarden-Min-Revision must be a revision: a non-negative integer".into(),
+            )
+        })?;
+        self.pdp
+            .at_least(min, self.config.consistency_wait)
+            .await
+            .map_err(|behind| {
+                refused(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "stale_facts",
+                    behind.to_string(),
+                )
+            })
+    }
+
+    fn allowed(&self, allowed: Allowed, revision: Option<u64>) -> CheckResponse {
         let mut ok = OkHttpResponseBuilder::new();
         let set = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
         match &allowed.principal {
@@ -176,6 +233,9 @@ impl Authorizer {
         };
         if self.config.strip_credentials {
             ok.remove_header("authorization");
+        }
+        if let Some(revision) = revision {
+            ok.add_response_header(REVISION_HEADER, revision.to_string(), set, false);
         }
         CheckResponse {
             status: Some(rpc::Status {
@@ -266,10 +326,12 @@ fn metadata(decided: &Decided) -> Struct {
     Struct { fields }
 }
 
-/// A deny answer: the forward-auth status, headers and JSON body.
-pub fn denied(refusal: Refusal) -> CheckResponse {
+/// A deny answer: the forward-auth status, headers and JSON body, and the
+/// fact revision it was decided at when it was decided.
+pub fn denied(refusal: Refusal, revision: Option<u64>) -> CheckResponse {
     let mut deny = DeniedHttpResponseBuilder::new();
     let status = match refusal.status {
+        StatusCode::BAD_REQUEST => HttpStatusCode::BadRequest,
         StatusCode::UNAUTHORIZED => HttpStatusCode::Unauthorized,
         StatusCode::SERVICE_UNAVAILABLE => HttpStatusCode::ServiceUnavailable,
         _ => HttpStatusCode::Forbidden,
@@ -283,6 +345,9 @@ pub fn denied(refusal: Refusal) -> CheckResponse {
     }
     if let Some(id) = &refusal.decision_id {
         deny.add_header(DECISION_ID_HEADER.as_str(), id, set, false);
+    }
+    if let Some(revision) = revision {
+        deny.add_header(REVISION_HEADER, revision.to_string(), set, false);
     }
     deny.set_body(refusal.body().to_string());
     let code = if refusal.status == StatusCode::UNAUTHORIZED {
@@ -303,7 +368,7 @@ pub fn denied(refusal: Refusal) -> CheckResponse {
 
 /// The deny of a check that could not finish (deadline, panic).
 fn failed(message: &str) -> CheckResponse {
-    denied(Refusal::forbidden("internal", message))
+    denied(Refusal::forbidden("internal", message), None)
 }
 
 /// The service as tonic runs it: each check bounded by the deadline, and a
@@ -395,7 +460,9 @@ pub async fn serve(
         .add_service(health)
         .add_service(authorization)
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(|accepted| accepted.map(Coalesced::new)),
             shutdown,
         )
         .await;
