@@ -28,24 +28,10 @@ fn call(
     body: Option<&Value>,
     patience: Duration,
 ) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(patience)).ok()?;
-    stream.set_write_timeout(Some(patience)).ok()?;
     let payload = body.map(Value::to_string).unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        payload.len()
-    );
-    stream.write_all(head.as_bytes()).ok()?;
-    stream.write_all(payload.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
+    let headers = [("Content-Type", "application/json")];
+    let raw = common::http::exchange(addr, method, path, &headers, payload.as_bytes(), patience);
+    raw.ok().map(|raw| (raw.status, raw.body))
 }
 
 /// Retry `call` until it answers, for at most `bound`.

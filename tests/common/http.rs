@@ -39,8 +39,64 @@ impl Answer {
     }
 }
 
-/// One request to `base` (`http://HOST:PORT`), waiting at most `patience`
-/// for the answer.
+/// A raw exchange's answer: status, headers (lower-case names) and the
+/// body as text.
+#[derive(Debug)]
+pub struct Raw {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+}
+
+/// One request to `addr` (`HOST:PORT`) over a fresh connection, with
+/// `body` sent as is (no content type unless `headers` name one), waiting
+/// at most `patience` for each read and write.
+pub fn exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    patience: Duration,
+) -> std::io::Result<Raw> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(patience))?;
+    stream.set_write_timeout(Some(patience))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no header end in {response:?}")))?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(Raw {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+/// One request to `base` (`http://HOST:PORT`) with a JSON body, waiting
+/// at most `patience` for the answer.
 pub fn call(
     base: &str,
     method: &str,
@@ -49,42 +105,16 @@ pub fn call(
     body: Option<&Value>,
     patience: Duration,
 ) -> std::io::Result<Answer> {
-    let host = base.strip_prefix("http://").unwrap();
-    let mut stream = TcpStream::connect(host)?;
-    stream.set_read_timeout(Some(patience))?;
-    let payload = body.map(Value::to_string).unwrap_or_default();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        payload.len()
-    );
+    let addr = base.strip_prefix("http://").unwrap_or(base);
+    let mut all = headers.to_vec();
     if body.is_some() {
-        head.push_str("Content-Type: application/json\r\n");
+        all.push(("Content-Type", "application/json"));
     }
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(payload.as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no header end"))?;
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other("no status"))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let body = serde_json::from_str(body).unwrap_or(Value::Null);
+    let payload = body.map(Value::to_string).unwrap_or_default();
+    let raw = exchange(addr, method, path, &all, payload.as_bytes(), patience)?;
     Ok(Answer {
-        status,
-        headers,
-        body,
+        status: raw.status,
+        headers: raw.headers,
+        body: serde_json::from_str(&raw.body).unwrap_or(Value::Null),
     })
 }
