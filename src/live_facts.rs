@@ -59,6 +59,7 @@ use crate::diag::{Diagnostic, Diagnostics};
 use crate::facts::store::{Commit, Delta, Store, StoreError, StoredEntity};
 use crate::facts::writer::{Apply, StatusReport, StoreStatus, WriteError, Writer, WriterOptions};
 use crate::facts::{Batch, FactView, Model, Rejection, SlicePlan};
+use crate::gateway::keys::Principals;
 use crate::reload::{Admit, Hold, Live};
 use crate::search::live::LiveIndex;
 use crate::snapshot::{FileKind, Snapshot};
@@ -91,6 +92,24 @@ impl At {
         match &self.facts {
             Some(f) => f.view.revision(),
             None => self.snap.generation,
+        }
+    }
+}
+
+/// The caller's facts for a gateway: the live view with a store, the
+/// snapshot's entities without.
+impl Principals for At {
+    fn key_holder(&self, key: &str) -> Option<cedar_policy::EntityUid> {
+        match &self.facts {
+            Some(f) => f.view.key_holder(key),
+            None => self.snap.key_holder(key),
+        }
+    }
+
+    fn holds(&self, uid: &cedar_policy::EntityUid) -> bool {
+        match &self.facts {
+            Some(f) => f.view.get(uid).is_some(),
+            None => self.snap.holds(uid),
         }
     }
 }

@@ -179,6 +179,18 @@ impl DomainIndex {
         reindex(&mut self.admins_of, uid, &a.admins, &b.admins);
     }
 
+    /// The one principal declaring the API key digest `digest` (lowercase
+    /// hex, as stored); none when no principal or several do (the domain
+    /// checks refuse a shared digest, and an ambiguous key is refused).
+    pub fn digest_holder(&self, digest: &str) -> Option<&EntityUID> {
+        let holders = self.digests.get(digest)?;
+        let mut all = holders.iter();
+        match (all.next(), all.next()) {
+            (Some(one), None) => Some(one),
+            _ => None,
+        }
+    }
+
     /// The workspaces whose `key` is `key`.
     pub fn workspaces_with_key(&self, key: &str) -> Option<&PSet<EntityUID>> {
         self.ws_by_key.get(key)

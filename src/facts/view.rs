@@ -326,6 +326,18 @@ impl Lookup for FactView {
 }
 
 impl FactView {
+    /// The principal holding the API key `key` in these facts, through the
+    /// domain's digest index (kept with every write, never rebuilt): none
+    /// when no principal or several declare its digest, or outside the
+    /// domain.
+    pub fn key_holder(&self, key: &str) -> Option<EntityUid> {
+        if key.is_empty() || key.len() > crate::gateway::keys::MAX_KEY_BYTES {
+            return None;
+        }
+        let digest = crate::gateway::keys::digest_hex(key);
+        self.domain.digest_holder(&digest).map(to_public)
+    }
+
     /// The revision of the view.
     pub fn revision(&self) -> u64 {
         self.revision

@@ -70,7 +70,7 @@ pub async fn check(
     api: &'static str,
 ) -> Verdict {
     let (principal, matched) =
-        match forward_auth::map_original(config, snap, method, target, headers)? {
+        match forward_auth::map_original(config, snap, snap, method, target, headers)? {
             Mapped::Pass(who) => {
                 let shown = who.as_ref().map(EntityUid::to_string);
                 if let Some(p) = &shown {

@@ -27,7 +27,7 @@
 use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
 use cedar_policy::EntityUid;
 
-use super::keys::{self, Credential};
+use super::keys::{self, Credential, Principals};
 use super::routes::{self, Matched};
 use crate::names::EntityRef;
 use crate::snapshot::Snapshot;
@@ -267,13 +267,14 @@ fn method_override<'h>(
 fn principal(
     config: &ForwardAuthConfig,
     snap: &Snapshot,
+    facts: &dyn Principals,
     headers: &HeaderMap,
 ) -> Result<Option<EntityUid>, Refusal> {
     if let Some(name) = &config.trusted_principal_header
         && let Some(value) =
             single(headers, name.as_str()).map_err(|r| Refusal::unauthorized(true, r.message))?
     {
-        return trusted_principal(snap, value).map(Some);
+        return trusted_principal(snap, facts, value).map(Some);
     }
     match keys::bearer(headers) {
         Credential::Missing => Ok(None),
@@ -281,10 +282,8 @@ fn principal(
             true,
             "the Authorization header must be `Bearer <api key>`",
         )),
-        Credential::Bearer(key) => snap
-            .keys
-            .resolve(key)
-            .cloned()
+        Credential::Bearer(key) => facts
+            .key_holder(key)
             .map(Some)
             .ok_or_else(|| Refusal::unauthorized(true, "unknown API key")),
     }
@@ -292,17 +291,32 @@ fn principal(
 
 /// A principal named by the trusted header: it must be a loaded entity of a
 /// type that is a principal of some action.
-fn trusted_principal(snap: &Snapshot, value: &str) -> Result<EntityUid, Refusal> {
+fn trusted_principal(
+    snap: &Snapshot,
+    facts: &dyn Principals,
+    value: &str,
+) -> Result<EntityUid, Refusal> {
     let unknown = || Refusal::unauthorized(true, "the trusted principal header names no principal");
     let uid = snap
         .names
         .resolve_entity(&EntityRef::Text(value.trim().to_string()))
         .map_err(|_| unknown())?;
     let is_principal_type = snap.schema.principals().any(|t| t == uid.type_name());
-    if !is_principal_type || snap.entities.get(&uid).is_none() {
+    if !is_principal_type || !facts.holds(&uid) {
         return Err(unknown());
     }
     Ok(uid)
+}
+
+/// Without a fact store, the snapshot's entity files are the facts.
+impl Principals for Snapshot {
+    fn key_holder(&self, key: &str) -> Option<EntityUid> {
+        self.keys.resolve(key).cloned()
+    }
+
+    fn holds(&self, uid: &EntityUid) -> bool {
+        self.entities.get(uid).is_some()
+    }
 }
 
 /// What a forwarded request asks.
@@ -331,7 +345,7 @@ pub fn map<'s>(
     if let Some(why) = ambiguity(raw) {
         return Err(Refusal::forbidden("ambiguous_request", why));
     }
-    map_original(config, snap, original_method, target, headers)
+    map_original(config, snap, snap, original_method, target, headers)
 }
 
 /// Whether `method` is an HTTP method token (RFC 9110).
@@ -347,6 +361,7 @@ fn is_method(method: &str) -> bool {
 pub fn map_original<'s>(
     config: &ForwardAuthConfig,
     snap: &'s Snapshot,
+    facts: &dyn Principals,
     original_method: &str,
     target: &str,
     headers: &HeaderMap,
@@ -372,7 +387,7 @@ pub fn map_original<'s>(
     }
     let segments = routes::request_segments(target)
         .map_err(|e| Refusal::forbidden("invalid_path", e.to_string()))?;
-    let who = principal(config, snap, headers)?;
+    let who = principal(config, snap, facts, headers)?;
     let Some(matched) = snap.routes.find(original_method, &segments) else {
         tracing::debug!(method = original_method, "forward-auth: no route matches");
         return match (config.unmatched, who) {

@@ -104,6 +104,17 @@ impl KeyIndex {
     }
 }
 
+/// The facts a gateway asks about its caller: who holds an API key, and
+/// whether a principal exists. A snapshot's entity files answer without a
+/// fact store; the store's live view answers with one, so that a key or a
+/// principal written through the fact API counts at the next revision.
+pub trait Principals {
+    /// The principal holding `key`, when exactly one does.
+    fn key_holder(&self, key: &str) -> Option<EntityUid>;
+    /// Whether the facts hold the entity `uid`.
+    fn holds(&self, uid: &EntityUid) -> bool;
+}
+
 /// What the `Authorization` header of a request holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credential<'a> {
