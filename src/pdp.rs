@@ -12,6 +12,7 @@
 //! one `await` (it waits only when the log's queue is full and the log
 //! blocks on overflow), so a stalled log never holds a runtime thread.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -93,6 +94,15 @@ enum CacheKey {
         /// Principal, action and resource.
         uids: Box<[EntityUid; 3]>,
     },
+}
+
+/// The decisions already made for one batch, by request: a request that a
+/// batch repeats is decided once against the batch's snapshot (every batch
+/// item still gets its own decision id, metrics and log record). Only
+/// requests without entities of their own are remembered.
+#[derive(Debug, Default)]
+pub struct BatchMemo {
+    entries: HashMap<String, Arc<Entry>>,
 }
 
 /// The server's decision point.
@@ -229,8 +239,27 @@ impl Pdp {
                 .await
                 .inspect_err(|e| self.count_error(e))?
         } else {
-            self.decide(snap, input)?
+            self.decide(snap, input, None)?
         };
+        self.log(&decided, api).await;
+        Ok(decided)
+    }
+
+    /// [`Pdp::authorize`] for one item of a batch decided against `snap`:
+    /// an item the batch repeats takes the answer of its first occurrence
+    /// from `memo` (the same request on the same snapshot and fact
+    /// revision, so the same answer).
+    pub async fn authorize_in_batch(
+        &self,
+        snap: &At,
+        input: &RequestInput,
+        api: &'static str,
+        memo: &mut BatchMemo,
+    ) -> Result<Decided, RequestError> {
+        if input.entities.is_some() || input.additional_entities.is_some() {
+            return self.authorize(snap, input, api).await;
+        }
+        let decided = self.decide(snap, input, Some(memo))?;
         self.log(&decided, api).await;
         Ok(decided)
     }
@@ -283,31 +312,47 @@ impl Pdp {
         }
     }
 
-    fn decide(&self, snap: &At, input: &RequestInput) -> Result<Decided, RequestError> {
+    fn decide(
+        &self,
+        snap: &At,
+        input: &RequestInput,
+        memo: Option<&mut BatchMemo>,
+    ) -> Result<Decided, RequestError> {
         let started = Instant::now();
-        let cacheable =
-            self.cache.is_some() && input.entities.is_none() && input.additional_entities.is_none();
+        let plain = input.entities.is_none() && input.additional_entities.is_none();
         // The key holds the context's JSON text: the engine reuses it
         // rather than serializing the context a second time.
-        let key = cacheable.then(|| request_key(input));
+        let key = (plain && (self.cache.is_some() || memo.is_some())).then(|| request_key(input));
+        if let (Some(memo), Some((request, _))) = (&memo, &key)
+            && let Some(entry) = memo.entries.get(request)
+        {
+            return Ok(self.decided(snap, started, entry.clone(), true));
+        }
+        let remember = memo.zip(key.as_ref().map(|(request, _)| request.clone()));
         let (key, context_text) = match key {
-            Some((request, at)) => {
+            Some((request, at)) if self.cache.is_some() => {
                 let key = CacheKey::Wire {
                     generation: snap.generation,
                     revision: snap.revision(),
                     request,
                 };
-                (Some(key), at)
+                (Some(key), at.map(|at| (None, at)))
             }
+            Some((request, at)) => (None, at.map(|at| (Some(request), at))),
             None => (None, None),
         };
-        self.decide_cached(snap, started, key, |key| {
-            let text = match (key, context_text) {
-                (Some(CacheKey::Wire { request, .. }), Some(at)) => Some(&request[at..]),
+        let decided = self.decide_cached(snap, started, key, |key| {
+            let text = match (key, &context_text) {
+                (Some(CacheKey::Wire { request, .. }), Some((_, at))) => Some(&request[*at..]),
+                (_, Some((Some(request), at))) => Some(&request[*at..]),
                 _ => None,
             };
             engine::prepare_with_context_text(snap, input, text)
-        })
+        })?;
+        if let Some((memo, request)) = remember {
+            memo.entries.insert(request, decided.entry.clone());
+        }
+        Ok(decided)
     }
 
     fn decide_uids(
@@ -418,15 +463,20 @@ impl Pdp {
                 (entry, false)
             }
         };
+        Ok(self.decided(snap, started, entry, hit))
+    }
+
+    /// A decision made (or found) since `started`, timed.
+    fn decided(&self, snap: &At, started: Instant, entry: Arc<Entry>, cached: bool) -> Decided {
         let latency = started.elapsed();
         self.metrics.decision_seconds.observe(latency.as_secs_f64());
-        Ok(Decided {
+        Decided {
             decision_id: Uuid::now_v7(),
             generation: snap.generation,
-            cached: hit,
+            cached,
             latency,
             entry,
-        })
+        }
     }
 }
 

@@ -193,6 +193,82 @@ async fn batch_answers_in_order_and_is_bounded() {
     assert_eq!(body["error"]["code"], "unknown_type");
 }
 
+/// A request a batch repeats is decided once, but every item is answered and
+/// logged on its own: the same answer as alone, its own decision id, its
+/// own log record.
+#[tokio::test]
+async fn a_batch_answers_repeated_requests_like_single_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.jsonl");
+    let log = DecisionLog::start(&LogTarget::File(path.clone()), false).unwrap();
+    // Cache off: every answer below is evaluated, none served by the cache.
+    let s = TestServer::start(shipped(), HttpConfig::default(), 0, log).await;
+    let distinct = [
+        req(r#"User::"carol""#, "see_flows", r#"Workspace::"acme-prod""#),
+        req(r#"User::"gina""#, "see_flows", r#"Workspace::"acme-prod""#),
+        req(
+            r#"User::"alice""#,
+            "delete:workspace",
+            r#"Workspace::"acme-staging""#,
+        ),
+        req(
+            r#"User::"carol""#,
+            "run_deployments",
+            r#"Workspace::"acme-prod""#,
+        ),
+        // The same request written another way is another key, same answer.
+        json!({
+            "principal": {"type": "User", "id": "carol"},
+            "action": "see_flows",
+            "resource": r#"Workspace::"acme-prod""#,
+        }),
+    ];
+    let order = [0, 1, 0, 2, 1, 3, 0, 4, 2, 0];
+    let requests: Vec<Value> = order.iter().map(|&i| distinct[i].clone()).collect();
+    let (status, body) = s
+        .post("/v1/is_authorized/batch", json!({ "requests": requests }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), order.len());
+    let mut ids = std::collections::HashSet::new();
+    for (result, &i) in results.iter().zip(&order) {
+        let (_, alone) = s.post(AUTHZ, distinct[i].clone()).await;
+        assert_eq!(result["decision"], alone["decision"], "{i}");
+        assert_eq!(result["diagnostics"], alone["diagnostics"], "{i}");
+        assert!(ids.insert(result["decision_id"].as_str().unwrap().to_string()));
+    }
+    let decisions: Vec<&str> = results
+        .iter()
+        .map(|r| r["decision"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            "Allow", "Deny", "Allow", "Allow", "Deny", "Deny", "Allow", "Allow", "Allow", "Allow"
+        ]
+    );
+    // One record per batch item (and per single request above), in order.
+    let want = order.len() * 2;
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        lines = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect();
+        if lines.len() >= want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(lines.len(), want);
+    for (line, result) in lines.iter().zip(results) {
+        assert_eq!(line["decision_id"], result["decision_id"]);
+        assert_eq!(line["decision"], result["decision"]);
+    }
+}
+
 #[tokio::test]
 async fn bad_input_gets_a_json_error_naming_the_field() {
     let s = TestServer::start(

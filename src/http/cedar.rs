@@ -12,7 +12,7 @@ use super::App;
 use super::error::{ApiError, JsonBody};
 use crate::engine::RequestInput;
 use crate::live_facts::At;
-use crate::pdp::{Decided, Entry};
+use crate::pdp::{BatchMemo, Decided, Entry};
 
 /// `{"requests": [...]}`.
 #[derive(Debug, Deserialize)]
@@ -93,8 +93,9 @@ pub struct BatchBody {
     revision: u64,
 }
 
-/// Every request of a batch is decided against the same snapshot; an invalid
-/// request fails the whole batch with the index of the one at fault.
+/// Every request of a batch is decided against the same snapshot (a request
+/// the batch repeats is decided once); an invalid request fails the whole
+/// batch with the index of the one at fault.
 pub async fn is_authorized_batch(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -104,11 +105,16 @@ pub async fn is_authorized_batch(
     app.check_total_entities(&batch.requests, "requests")?;
     let snap = app.at(&headers).await?;
     let mut results = Vec::with_capacity(batch.requests.len());
+    let mut memo = BatchMemo::default();
     for (i, input) in batch.requests.iter().enumerate() {
-        let result = decide_one(&app, &snap, input)
+        let within = |e: ApiError| e.within(&format!("requests[{i}]"));
+        app.check_bounds(input).map_err(within)?;
+        let decided = app
+            .pdp
+            .authorize_in_batch(&snap, input, "cedar", &mut memo)
             .await
-            .map_err(|e| e.within(&format!("requests[{i}]")))?;
-        results.push(result);
+            .map_err(|e| within(e.into()))?;
+        results.push(response_body(&decided));
     }
     let revision = snap.revision();
     Ok((
