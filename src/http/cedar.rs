@@ -70,7 +70,7 @@ pub fn response_body(d: &Decided) -> ResponseBody {
 
 async fn decide_one(app: &App, snap: &At, input: &RequestInput) -> Result<ResponseBody, ApiError> {
     app.check_bounds(input)?;
-    let decided = app.pdp.authorize(snap, input, "cedar").await?;
+    let decided = super::token::decide(app, snap, input, "cedar").await?;
     Ok(response_body(&decided))
 }
 
