@@ -96,7 +96,7 @@ struct Gate {
 pub struct KeyCache {
     issuer: Arc<Issuer>,
     client: reqwest::Client,
-    current: Mutex<Option<Arc<KeySet>>>,
+    current: arc_swap::ArcSwapOption<KeySet>,
     gate: tokio::sync::Mutex<Gate>,
     fetches: AtomicU64,
     failures: AtomicU64,
@@ -111,7 +111,7 @@ impl KeyCache {
         KeyCache {
             issuer,
             client,
-            current: Mutex::new(None),
+            current: arc_swap::ArcSwapOption::empty(),
             gate: tokio::sync::Mutex::new(Gate::default()),
             fetches: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -120,10 +120,18 @@ impl KeyCache {
     }
 
     fn set(&self) -> Option<Arc<KeySet>> {
-        self.current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current.load_full()
+    }
+
+    /// The key for `kid` and `alg` while no refresh is due, without
+    /// waiting: the check of a token verified before.
+    pub fn fresh_key(&self, kid: Option<&str>, alg: Algorithm) -> Option<Arc<Key>> {
+        let set = self.current.load();
+        let set = set.as_ref()?;
+        if Instant::now() >= set.refresh_at {
+            return None;
+        }
+        find(set, kid, alg)
     }
 
     /// Successful and failed fetches so far.
@@ -218,7 +226,7 @@ impl KeyCache {
         match self.fetch(&mut gate).await {
             Ok((jwks, max_age)) => {
                 let set = key_set(&jwks, max_age, bounds);
-                *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(set));
+                self.current.store(Some(Arc::new(set)));
                 *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
             }
             Err(e) => {

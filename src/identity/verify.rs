@@ -10,6 +10,13 @@
 //! is named by the issuer's first principal rule whose claim the token
 //! carries. A [`TokenError`] says why in words that never hold the token or
 //! a claim's value.
+//!
+//! A verified token is remembered by its SHA-256 digest (bounded, never the
+//! token itself): seen again, it is accepted without a signature check
+//! while its issuer's configuration is unchanged, the very key that
+//! verified it is still among the issuer's fresh keys (a refresh or a
+//! removed key sends it through the full check again), and `exp` and `nbf`
+//! still hold with the leeway.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,8 +26,10 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
+use sha2::{Digest, Sha256};
+
 use super::config::{Issuer, Sources};
-use super::jwks::{CacheStatus, KeyCache, KeyError};
+use super::jwks::{CacheStatus, Key, KeyCache, KeyError};
 use super::schema::ClaimKind;
 
 /// The longest bearer JWT read; a longer one is refused unparsed.
@@ -72,10 +81,45 @@ pub fn looks_like_jwt(credential: &str) -> bool {
 /// A reload that keeps them keeps the cached keys.
 type CacheId = (String, String, super::config::CacheBounds);
 
-/// The verifier of a server: key caches by issuer, and outcome counts.
+/// Tokens verified before, by digest.
+const SEEN_TOKENS: u64 = 10_000;
+
+/// A token verified before: what it verified to, and what must still hold.
+struct Seen {
+    verified: Verified,
+    issuer: Arc<Issuer>,
+    cache: Arc<KeyCache>,
+    key: Arc<Key>,
+    kid: Option<String>,
+    alg: Algorithm,
+    exp: u64,
+    nbf: Option<u64>,
+}
+
+impl Seen {
+    /// Whether the verification still stands against `sources` now.
+    fn stands(&self, sources: &Sources) -> bool {
+        let same_issuer = sources
+            .issuer(&self.issuer.issuer)
+            .is_some_and(|i| Arc::ptr_eq(i, &self.issuer) || **i == *self.issuer);
+        let now = jsonwebtoken::get_current_timestamp();
+        let leeway = self.issuer.leeway.as_secs();
+        same_issuer
+            && self.exp >= now.saturating_sub(leeway)
+            && self.nbf.is_none_or(|nbf| nbf <= now + leeway)
+            && self
+                .cache
+                .fresh_key(self.kid.as_deref(), self.alg)
+                .is_some_and(|k| Arc::ptr_eq(&k, &self.key))
+    }
+}
+
+/// The verifier of a server: key caches by issuer, tokens verified before,
+/// and outcome counts.
 pub struct Verifier {
     client: reqwest::Client,
     caches: Mutex<HashMap<CacheId, Arc<KeyCache>>>,
+    seen: moka::sync::Cache<[u8; 32], Arc<Seen>>,
     outcomes: Mutex<HashMap<&'static str, u64>>,
 }
 
@@ -100,6 +144,10 @@ impl Verifier {
         Verifier {
             client,
             caches: Mutex::new(HashMap::new()),
+            seen: moka::sync::Cache::builder()
+                .max_capacity(SEEN_TOKENS)
+                .time_to_live(std::time::Duration::from_secs(600))
+                .build(),
             outcomes: Mutex::new(HashMap::new()),
         }
     }
@@ -195,6 +243,12 @@ impl Verifier {
                 "no identity source is configured: bearer JWTs are not accepted",
             ));
         }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(seen) = self.seen.get(&digest)
+            && seen.stands(sources)
+        {
+            return Ok(seen.verified.clone());
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             ErrorKind::InvalidAlgorithmName | ErrorKind::Json(_) => TokenError::new(
                 "invalid_algorithm",
@@ -220,8 +274,8 @@ impl Verifier {
                 ),
             ));
         }
-        let key = self
-            .cache(issuer)
+        let cache = self.cache(issuer);
+        let key = cache
             .key(header.kid.as_deref(), header.alg)
             .await
             .map_err(|e| match e {
@@ -239,11 +293,27 @@ impl Verifier {
             .map_err(|e| refusal(e.kind()))?;
         let claims = data.claims;
         let principal = principal(issuer, &claims)?;
-        Ok(Verified {
+        let verified = Verified {
             issuer: Arc::from(issuer.issuer.as_str()),
             principal,
             token: token_record(issuer, &claims),
-        })
+        };
+        if let Some(exp) = claims.get("exp").and_then(Value::as_u64) {
+            self.seen.insert(
+                digest,
+                Arc::new(Seen {
+                    verified: verified.clone(),
+                    issuer: issuer.clone(),
+                    cache,
+                    key,
+                    kid: header.kid,
+                    alg: header.alg,
+                    exp,
+                    nbf: claims.get("nbf").and_then(Value::as_u64),
+                }),
+            );
+        }
+        Ok(verified)
     }
 }
 
