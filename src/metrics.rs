@@ -326,12 +326,8 @@ pub fn identity_text(
             .replace('\n', "\\n")
     };
     let mut out = String::new();
-    let families: [(
-        &str,
-        &str,
-        &str,
-        fn(&crate::identity::jwks::CacheStatus) -> u64,
-    ); 4] = [
+    type Figure = fn(&crate::identity::jwks::CacheStatus) -> u64;
+    let families: [(&str, &str, &str, Figure); 4] = [
         (
             "orgwarden_identity_keys_ready",
             "gauge",

@@ -1089,3 +1089,52 @@ fn a_bad_identity_file_is_refused_with_its_position() {
     assert!(text.contains("HS256"), "{text}");
     assert!(text.contains("issuers[0].principal"), "{text}");
 }
+
+#[tokio::test]
+async fn identity_files_reload_and_a_bad_edit_keeps_the_last_good_set() {
+    if !node_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let keys = make_keys(&["k1"]);
+    let idp = Idp::start(dir.path(), &keys);
+    let yaml = identity_yaml(&idp.issuer(), QUICK_CACHE);
+    let w = start_orgwarden(dir.path(), &yaml, None);
+    let (method, target, ..) = CASES[0];
+    let token = idp.access_token("carol-cli").await;
+    assert_eq!(w.forward(method, target, &token).await.0, 200);
+    let file = dir.path().join("identity/test.yaml");
+    let status = async || -> Value { serde_json::from_str(&w.get("/v1/status").await).unwrap() };
+    let generation = status().await["generation"].as_u64().unwrap();
+
+    // A bad edit: reported with its position, the last good set serves.
+    std::fs::write(
+        &file,
+        yaml.replace("algorithms: [RS256]", "algorithms: [none]"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status().await;
+        let error = s["last_error"].to_string();
+        if error.contains("test.yaml") {
+            assert!(error.contains("`none` is not accepted"), "{error}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no reload error: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(w.forward(method, target, &token).await.0, 200);
+
+    // A good edit that drops the token's audience: its tokens are refused.
+    std::fs::write(&file, yaml.replace("[orgwarden, web-app]", "[web-app]")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status().await["generation"].as_u64().unwrap() <= generation
+        || !status().await["last_error"].is_null()
+    {
+        assert!(Instant::now() < deadline, "no reload");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status_code, seen) = w.forward(method, target, &token).await;
+    assert_eq!(status_code, 401, "{seen}");
+}

@@ -102,7 +102,7 @@ impl TokenSchema {
                 Some("String") => ClaimKind::String,
                 Some("Long") => ClaimKind::Long,
                 Some("Boolean") => ClaimKind::Bool,
-                Some("Set") => match t.get("element").and_then(|e| resolve(e)) {
+                Some("Set") => match t.get("element").and_then(&resolve) {
                     Some(e) if e.get("type").and_then(Value::as_str) == Some("String") => {
                         ClaimKind::StringSet
                     }
