@@ -47,6 +47,7 @@ fn records() -> Vec<DecisionRecord> {
             latency_us: (i % 40) as u64,
             api: "cedar",
             cached: i % 2 == 0,
+            issuer: None,
         })
         .collect()
 }

@@ -334,6 +334,7 @@ fn bootstrap(pg: &pg::PgCluster, rt: &tokio::runtime::Runtime) {
             schema: root().join("schema"),
             entities: root().join("entities"),
             routes: None,
+            identity: None,
         })
         .unwrap();
         let model = orgwarden::facts::Model::new(&snap.schema).unwrap();

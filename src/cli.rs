@@ -55,6 +55,11 @@ pub struct PathArgs {
     /// one; with `--schema`, only these].
     #[arg(long, env = "ORGWARDEN_ROUTES")]
     pub routes: Option<PathBuf>,
+    /// Identity sources (trusted OIDC issuers for bearer JWTs): a `.yaml`
+    /// file or a directory of them [default: `identity`, when that directory
+    /// exists and the schema is the default one; with `--schema`, only these].
+    #[arg(long, env = "ORGWARDEN_IDENTITY")]
+    pub identity: Option<PathBuf>,
 }
 
 impl PathArgs {
@@ -68,11 +73,17 @@ impl PathArgs {
             (None, None) => crate::gateway::routes::default_path(),
             (None, Some(_)) => None,
         };
+        let identity = match (&self.identity, &self.schema) {
+            (Some(identity), _) => Some(identity.clone()),
+            (None, None) => Some(PathBuf::from("identity")).filter(|p| p.is_dir()),
+            (None, Some(_)) => None,
+        };
         Paths {
             policies: self.policies.clone().unwrap_or(defaults.policies),
             schema: self.schema.clone().unwrap_or(defaults.schema),
             entities: self.entities.clone().unwrap_or(defaults.entities),
             routes,
+            identity,
         }
     }
 }
@@ -500,6 +511,7 @@ fn facts(cmd: FactsCommand) -> ExitCode {
                     schema: a.schema,
                     entities: a.entities,
                     routes: None,
+                    identity: None,
                 };
                 let entities = transfer::read_entities(&paths).map_err(|d| d.to_string())?;
                 let store = Store::open(&a.into).await.map_err(|e| e.to_string())?;
@@ -615,6 +627,7 @@ fn authorize(args: &AuthorizeArgs) -> ExitCode {
         context,
         entities: None,
         additional_entities,
+        token: None,
     };
     let query = match engine::prepare(&snap, &input) {
         Ok(q) => q,

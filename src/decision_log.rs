@@ -108,6 +108,9 @@ pub struct DecisionRecord {
     /// The API that asked (`cedar`, `authzen`, `forward_auth`).
     pub api: &'static str,
     pub cached: bool,
+    /// The issuer of the verified token that named the principal, when a
+    /// token did (never the token or its claims).
+    pub issuer: Option<Arc<str>>,
 }
 
 /// What became of a record handed to [`DecisionLog::record`].
@@ -313,6 +316,10 @@ pub fn write_line(buf: &mut Vec<u8>, record: &DecisionRecord) {
     let _ = t.format_into(buf, &time::format_description::well_known::Rfc3339);
     buf.extend_from_slice(b"\",\"principal\":");
     string(buf, &entry.principal);
+    if let Some(issuer) = &record.issuer {
+        buf.extend_from_slice(b",\"issuer\":");
+        string(buf, issuer);
+    }
     buf.extend_from_slice(b",\"action\":");
     string(buf, &entry.action);
     buf.extend_from_slice(b",\"resource\":");
@@ -403,6 +410,7 @@ mod tests {
             latency_us: 0,
             api: "cedar",
             cached: true,
+            issuer: None,
         }
     }
 

@@ -40,6 +40,10 @@ pub struct RequestInput {
     /// Added to the loaded entities for this decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub additional_entities: Option<serde_json::Value>,
+    /// A bearer JWT naming the principal in place of `principal` (read by
+    /// the HTTP API, which verifies it; the engine never sees it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// What a request was wrong about.

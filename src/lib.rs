@@ -7,7 +7,8 @@
 //! 1. source files and positions: [`diag`], [`source`], [`yaml`], [`words`],
 //!    [`names`];
 //! 2. indexes and domain checks: [`index`], [`search_index`],
-//!    [`gateway::routes`], [`gateway::keys`], [`domain`];
+//!    [`gateway::routes`], [`gateway::keys`], [`domain`], [`identity`]
+//!    (identity sources and bearer-JWT verification);
 //! 3. snapshot and engine: [`snapshot`], [`load`] (files -> snapshot),
 //!    [`engine`] (snapshot + request -> decision);
 //! 4. clients of the engine: [`search`], [`matrix`], [`symbolic`],
@@ -34,6 +35,7 @@ pub mod domain;
 pub mod engine;
 pub mod facts;
 pub mod gateway;
+pub mod identity;
 pub mod index;
 pub mod load;
 pub mod matrix;

@@ -311,3 +311,69 @@ impl Metrics {
         out
     }
 }
+
+/// The identity sources in the exposition format: per issuer, whether its
+/// keys verify tokens now, how many keys, fetches and failed fetches; and
+/// bearer tokens by outcome (`verified`, or why they were refused).
+pub fn identity_text(
+    issuers: &[crate::identity::jwks::CacheStatus],
+    outcomes: &[(&'static str, u64)],
+) -> String {
+    use std::fmt::Write;
+    let label = |s: &str| {
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    let mut out = String::new();
+    type Figure = fn(&crate::identity::jwks::CacheStatus) -> u64;
+    let families: [(&str, &str, &str, Figure); 4] = [
+        (
+            "orgwarden_identity_keys_ready",
+            "gauge",
+            "Whether an issuer's keys can verify tokens now (0: its tokens are refused).",
+            |s| u64::from(s.ready),
+        ),
+        (
+            "orgwarden_identity_keys",
+            "gauge",
+            "Keys of an issuer trusted now.",
+            |s| s.keys as u64,
+        ),
+        (
+            "orgwarden_identity_jwks_fetches",
+            "counter",
+            "JWKS fetches of an issuer.",
+            |s| s.fetches,
+        ),
+        (
+            "orgwarden_identity_jwks_fetch_failures",
+            "counter",
+            "JWKS fetches of an issuer that failed.",
+            |s| s.fetch_failures,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        let suffix = if kind == "counter" { "_total" } else { "" };
+        for s in issuers {
+            let _ = writeln!(
+                out,
+                "{name}{suffix}{{issuer=\"{}\"}} {}",
+                label(&s.issuer),
+                value(s)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP orgwarden_identity_tokens Bearer JWTs by outcome.\n# TYPE orgwarden_identity_tokens counter"
+    );
+    for (result, n) in outcomes {
+        let _ = writeln!(
+            out,
+            "orgwarden_identity_tokens_total{{result=\"{result}\"}} {n}"
+        );
+    }
+    out
+}

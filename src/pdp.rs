@@ -93,6 +93,8 @@ enum CacheKey {
         revision: u64,
         /// Principal, action and resource.
         uids: Box<[EntityUid; 3]>,
+        /// The context's JSON text (a verified token's claims), when not empty.
+        context: Option<Box<str>>,
     },
 }
 
@@ -118,6 +120,9 @@ pub struct Pdp {
     pub request_facts: Arc<RequestFacts>,
     /// Decisions with request facts: waiting (queue) and running permits.
     heavy: Heavy,
+    /// Bearer-JWT verification against the snapshot's identity sources,
+    /// with the issuers' cached keys.
+    pub identity: Arc<crate::identity::Verifier>,
 }
 
 /// The bounds of decisions with request facts, which run off the async
@@ -157,6 +162,7 @@ impl Pdp {
             facts: None,
             request_facts: Arc::new(RequestFacts::new(RequestEntities::default())),
             heavy: Heavy::new(default_workers(), 64),
+            identity: Arc::new(crate::identity::Verifier::new()),
         }
     }
 
@@ -241,7 +247,7 @@ impl Pdp {
         } else {
             self.decide(snap, input, None)?
         };
-        self.log(&decided, api).await;
+        self.log(&decided, api, None).await;
         Ok(decided)
     }
 
@@ -260,7 +266,7 @@ impl Pdp {
             return self.authorize(snap, input, api).await;
         }
         let decided = self.decide(snap, input, Some(memo))?;
-        self.log(&decided, api).await;
+        self.log(&decided, api, None).await;
         Ok(decided)
     }
 
@@ -274,13 +280,49 @@ impl Pdp {
         resource: EntityUid,
         api: &'static str,
     ) -> Result<Decided, RequestError> {
-        let decided = self.decide_uids(snap, principal, action, resource)?;
-        self.log(&decided, api).await;
+        let decided = self.decide_uids(snap, principal, action, resource, None)?;
+        self.log(&decided, api, None).await;
+        Ok(decided)
+    }
+
+    /// [`Pdp::authorize_uids`] for a principal named by a verified token:
+    /// `context` is the request context (`{"token": {...}}`, typed by the
+    /// action's context), and the decision log names the token's `issuer`.
+    pub async fn authorize_token(
+        &self,
+        snap: &At,
+        [principal, action, resource]: [EntityUid; 3],
+        context: Option<serde_json::Value>,
+        issuer: &str,
+        api: &'static str,
+    ) -> Result<Decided, RequestError> {
+        let decided = self.decide_uids(snap, principal, action, resource, context)?;
+        self.log(&decided, api, Some(issuer)).await;
+        Ok(decided)
+    }
+
+    /// [`Pdp::authorize`] of a request whose principal a verified token
+    /// named: the decision log names the token's `issuer`.
+    pub async fn authorize_with_issuer(
+        &self,
+        snap: &At,
+        input: &RequestInput,
+        issuer: &str,
+        api: &'static str,
+    ) -> Result<Decided, RequestError> {
+        let decided = if input.entities.is_some() || input.additional_entities.is_some() {
+            self.decide_with_request_facts(snap, input)
+                .await
+                .inspect_err(|e| self.count_error(e))?
+        } else {
+            self.decide(snap, input, None)?
+        };
+        self.log(&decided, api, Some(issuer)).await;
         Ok(decided)
     }
 
     /// Count the decision and hand its record to the decision log.
-    async fn log(&self, decided: &Decided, api: &'static str) {
+    async fn log(&self, decided: &Decided, api: &'static str, issuer: Option<&str>) {
         let allowed = decided.entry.outcome.allowed();
         self.metrics
             .decisions
@@ -300,6 +342,7 @@ impl Pdp {
             latency_us: decided.latency.as_micros() as u64,
             api,
             cached: decided.cached,
+            issuer: issuer.map(Arc::from),
         };
         match self.log.record(record).await {
             Recorded::Queued => {}
@@ -361,15 +404,18 @@ impl Pdp {
         principal: EntityUid,
         action: EntityUid,
         resource: EntityUid,
+        context: Option<serde_json::Value>,
     ) -> Result<Decided, RequestError> {
         let started = Instant::now();
         let key = self.cache.is_some().then(|| CacheKey::Resolved {
             generation: snap.generation,
             revision: snap.revision(),
             uids: Box::new([principal.clone(), action.clone(), resource.clone()]),
+            context: context.as_ref().map(|c| c.to_string().into_boxed_str()),
         });
         self.decide_cached(snap, started, key, |_| {
-            engine::build_query(snap, principal, action, resource, serde_json::json!({}))
+            let context = context.unwrap_or_else(|| serde_json::json!({}));
+            engine::build_query(snap, principal, action, resource, context)
         })
     }
 
@@ -493,6 +539,7 @@ fn decide_request_facts(
         context: input.context.clone(),
         entities: None,
         additional_entities: None,
+        token: None,
     };
     let query = engine::prepare(snap, &bare)?;
     let world = facts.world(snap, input)?;

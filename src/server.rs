@@ -202,6 +202,7 @@ pub fn run(config: ServerConfig) -> ExitCode {
             }
         };
         spawn_sighup_reload(live.clone());
+        spawn_identity_warmer(app.pdp.clone());
         tokio::spawn(async move {
             shutdown_signal().await;
             let _ = stop.send(true);
@@ -280,6 +281,29 @@ pub async fn shutdown_signal() {
 }
 
 /// SIGHUP reloads the files.
+/// Fetch the keys of the identity sources at start and after every reload
+/// that changes them, so that the first token of an issuer does not wait
+/// for its keys (and `/readyz` tells early when they cannot be fetched).
+fn spawn_identity_warmer(pdp: Arc<Pdp>) {
+    tokio::spawn(async move {
+        let mut seen = 0;
+        loop {
+            let snap = pdp.live.snapshot();
+            if snap.generation != seen {
+                seen = snap.generation;
+                if !snap.identity.is_empty() {
+                    tracing::info!(
+                        issuers = snap.identity.len(),
+                        "identity sources: bearer JWTs of these issuers are accepted"
+                    );
+                }
+                pdp.identity.warm(&snap.identity).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    });
+}
+
 fn spawn_sighup_reload(live: Arc<Live>) {
     #[cfg(unix)]
     tokio::spawn(async move {

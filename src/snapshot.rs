@@ -25,6 +25,8 @@ pub enum FileKind {
     Entities,
     /// Forward-auth routes ([`crate::gateway::routes`]).
     Routes,
+    /// Identity sources ([`crate::identity::config`]).
+    Identity,
 }
 
 /// A file that went into a snapshot.
@@ -93,6 +95,8 @@ pub struct Snapshot {
     pub entity_total: usize,
     /// The forward-auth routes; empty when no routes path is configured.
     pub routes: crate::gateway::routes::Routes,
+    /// Trusted OIDC issuers for bearer JWTs; empty when none is configured.
+    pub identity: Arc<crate::identity::Sources>,
     /// API key digest -> principal, for bearer keys.
     pub keys: crate::gateway::keys::KeyIndex,
     /// Relations of the facts and plans of the permit policies, for search.

@@ -516,6 +516,7 @@ pub fn replay(snap: &Snapshot, witness: &Witness) -> Result<Outcome, String> {
         context: Some(r["context"].clone()),
         entities: Some(witness.entities_json()),
         additional_entities: None,
+        token: None,
     };
     let query = engine::prepare(snap, &input).map_err(|e| e.to_string())?;
     Ok(engine::decide(snap, &query))

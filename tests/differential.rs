@@ -196,6 +196,7 @@ impl Req {
             context: Some(self.context.clone()),
             entities,
             additional_entities,
+            token: None,
         }
     }
 }
@@ -306,6 +307,7 @@ fn shipped() -> Shipped {
         schema: root.join("schema"),
         entities: root.join("entities"),
         routes: None,
+        identity: None,
     };
     let snap = load::load(&paths).unwrap_or_else(|d| panic!("shipped model must load:\n{d}"));
     let schema_text = std::fs::read_to_string(root.join("schema/prefect.cedarschema")).unwrap();

@@ -799,6 +799,7 @@ async fn evaluation_errors_deny_and_are_reported() {
         schema: p.join("s.cedarschema"),
         entities: p.join("e.json"),
         routes: None,
+        identity: None,
     };
     let s = TestServer::start(paths, HttpConfig::default(), 0, DecisionLog::off()).await;
     let mut r = req(r#"U::"u""#, "go", r#"R::"r""#);

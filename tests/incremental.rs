@@ -67,6 +67,7 @@ impl World {
             schema: self.dir.path().join("schema"),
             entities: self.dir.path().join("entities"),
             routes: None,
+            identity: None,
         }
     }
 

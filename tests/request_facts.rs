@@ -454,6 +454,7 @@ fn nesting_model() -> (tempfile::TempDir, orgwarden::Paths) {
         schema: p.join("s.cedarschema"),
         entities: p.join("e.json"),
         routes: None,
+        identity: None,
     };
     (dir, paths)
 }

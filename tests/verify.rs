@@ -143,6 +143,7 @@ fn replay(paths: &Paths, counterexample: &Value) -> engine::Outcome {
         context: Some(request["context"].clone()),
         entities: Some(counterexample["entities"].clone()),
         additional_entities: None,
+        token: None,
     };
     let query = engine::prepare(&snap, &input).unwrap_or_else(|e| panic!("replay: {e}"));
     engine::decide(&snap, &query)

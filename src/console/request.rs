@@ -319,6 +319,7 @@ pub async fn decide(
             context: req.context,
             entities: None,
             additional_entities: None,
+            token: None,
         };
         let query = engine::prepare(snap, &input).map_err(request_error)?;
         let context = input.context.clone().unwrap_or_else(|| json!({}));

@@ -228,7 +228,7 @@ fn materialize(console: &Console, dir: &Path) -> Result<Inputs, String> {
             FileKind::Policies => (&paths.policies, "policies"),
             FileKind::Schema => (&paths.schema, "schema"),
             FileKind::Entities if at.facts.is_none() => (&paths.entities, "entities"),
-            FileKind::Entities | FileKind::Routes => continue,
+            FileKind::Entities | FileKind::Routes | FileKind::Identity => continue,
         };
         let rel = match file.path.strip_prefix(root) {
             Ok(rel) if !rel.as_os_str().is_empty() => rel.to_path_buf(),

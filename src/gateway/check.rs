@@ -15,7 +15,8 @@
 use axum::http::{HeaderMap, HeaderValue};
 use cedar_policy::EntityUid;
 
-use super::forward_auth::{self, ForwardAuthConfig, Mapped, Refusal};
+use super::forward_auth::{self, Caller, ForwardAuthConfig, Mapped, Refusal};
+use super::keys::Principals;
 use crate::live_facts::At;
 use crate::pdp::{Decided, Pdp};
 
@@ -69,8 +70,24 @@ pub async fn check(
     headers: &HeaderMap,
     api: &'static str,
 ) -> Verdict {
-    let (principal, matched) =
-        match forward_auth::map_original(config, snap, snap, method, target, headers)? {
+    // A bearer JWT is verified first: that may fetch the issuer's keys.
+    let token = match forward_auth::bearer_jwt(config, headers) {
+        Some(jwt) => {
+            let checked = pdp.identity.verify(&snap.identity, jwt).await;
+            if let Err(e) = &checked {
+                tracing::info!(
+                    code = e.code,
+                    reason = %e.message,
+                    api,
+                    "forward-auth: bearer token refused"
+                );
+            }
+            Some(checked)
+        }
+        None => None,
+    };
+    let (caller, matched) =
+        match forward_auth::map_original(config, snap, snap, method, target, headers, token)? {
             Mapped::Pass(who) => {
                 let shown = who.as_ref().map(EntityUid::to_string);
                 if let Some(p) = &shown {
@@ -81,27 +98,61 @@ pub async fn check(
                     decided: None,
                 });
             }
-            Mapped::Ask { principal, matched } => (principal, matched),
+            Mapped::Ask { caller, matched } => (caller, matched),
         };
-    let decided = pdp
-        .authorize_uids(
-            snap,
-            principal,
-            matched.route.action.clone(),
-            matched.resource_uid(),
-            api,
-        )
-        .await
-        .map_err(|e| {
-            tracing::warn!(
-                route = %matched.route.name(),
-                origin = %matched.route.origin,
-                error = %e,
+    let decided = match caller {
+        Caller::Principal(principal) => {
+            pdp.authorize_uids(
+                snap,
+                principal,
+                matched.route.action.clone(),
+                matched.resource_uid(),
                 api,
-                "forward-auth: the route's request is invalid"
-            );
-            Refusal::forbidden("invalid_request", e.to_string())
-        })?;
+            )
+            .await
+        }
+        Caller::Token(verified) => {
+            if !snap.holds(&verified.principal) {
+                tracing::info!(
+                    issuer = %verified.issuer,
+                    principal = %verified.principal,
+                    api,
+                    "forward-auth: the token's principal is not in the facts: denied"
+                );
+                return Err(Refusal::forbidden(
+                    "unknown_principal",
+                    format!(
+                        "the token names {}, who is not in the facts",
+                        verified.principal
+                    ),
+                )
+                .into());
+            }
+            let action = matched.route.action.clone();
+            let context = snap
+                .identity
+                .action_takes_token(&action.to_string())
+                .then(|| serde_json::json!({ "token": verified.token }));
+            pdp.authorize_token(
+                snap,
+                [verified.principal, action, matched.resource_uid()],
+                context,
+                &verified.issuer,
+                api,
+            )
+            .await
+        }
+    }
+    .map_err(|e| {
+        tracing::warn!(
+            route = %matched.route.name(),
+            origin = %matched.route.origin,
+            error = %e,
+            api,
+            "forward-auth: the route's request is invalid"
+        );
+        Refusal::forbidden("invalid_request", e.to_string())
+    })?;
     if decided.entry.outcome.allowed() {
         header_safe(&decided.entry.principal)?;
         Ok(Allowed {

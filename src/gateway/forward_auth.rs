@@ -29,6 +29,7 @@ use cedar_policy::EntityUid;
 
 use super::keys::{self, Credential, Principals};
 use super::routes::{self, Matched};
+use crate::identity::{TokenError, Verified, looks_like_jwt};
 use crate::names::EntityRef;
 use crate::snapshot::Snapshot;
 
@@ -262,29 +263,75 @@ fn method_override<'h>(
     }
 }
 
+/// The bearer JWT of `headers` that needs verifying before [`map_original`]:
+/// none when the credential is an API key, absent or malformed, or when the
+/// trusted principal header (which wins) is present.
+pub fn bearer_jwt<'h>(config: &ForwardAuthConfig, headers: &'h HeaderMap) -> Option<&'h str> {
+    if let Some(name) = &config.trusted_principal_header
+        && headers.contains_key(name)
+    {
+        return None;
+    }
+    match keys::bearer(headers) {
+        Credential::Bearer(t) if looks_like_jwt(t) => Some(t),
+        _ => None,
+    }
+}
+
+/// A bearer JWT's verification, done by the caller (it may fetch keys).
+pub type TokenCheck = Result<Verified, TokenError>;
+
+/// Who is asking.
+#[derive(Debug)]
+pub enum Caller {
+    /// An API key's or the trusted header's principal.
+    Principal(EntityUid),
+    /// A verified token's.
+    Token(Box<Verified>),
+}
+
+impl Caller {
+    pub fn uid(&self) -> &EntityUid {
+        match self {
+            Caller::Principal(p) => p,
+            Caller::Token(v) => &v.principal,
+        }
+    }
+}
+
 /// The caller: from the trusted header when configured and present, else
-/// from the bearer key. `Ok(None)`: no credentials at all.
+/// from the bearer credential, an API key or a JWT (verified as `token`).
+/// `Ok(None)`: no credentials at all.
 fn principal(
     config: &ForwardAuthConfig,
     snap: &Snapshot,
     facts: &dyn Principals,
     headers: &HeaderMap,
-) -> Result<Option<EntityUid>, Refusal> {
+    token: Option<TokenCheck>,
+) -> Result<Option<Caller>, Refusal> {
     if let Some(name) = &config.trusted_principal_header
         && let Some(value) =
             single(headers, name.as_str()).map_err(|r| Refusal::unauthorized(true, r.message))?
     {
-        return trusted_principal(snap, facts, value).map(Some);
+        return trusted_principal(snap, facts, value).map(|p| Some(Caller::Principal(p)));
     }
     match keys::bearer(headers) {
         Credential::Missing => Ok(None),
         Credential::Malformed => Err(Refusal::unauthorized(
             true,
-            "the Authorization header must be `Bearer <api key>`",
+            "the Authorization header must be one `Bearer <api key or JWT>`",
         )),
+        Credential::Bearer(t) if looks_like_jwt(t) => match token {
+            Some(Ok(v)) => Ok(Some(Caller::Token(Box::new(v)))),
+            Some(Err(e)) => Err(Refusal::unauthorized(true, e.message)),
+            None => Err(Refusal::unauthorized(
+                true,
+                "the bearer token was not verified",
+            )),
+        },
         Credential::Bearer(key) => facts
             .key_holder(key)
-            .map(Some)
+            .map(|p| Some(Caller::Principal(p)))
             .ok_or_else(|| Refusal::unauthorized(true, "unknown API key")),
     }
 }
@@ -324,9 +371,9 @@ impl Principals for Snapshot {
 pub enum Mapped<'s> {
     /// No route matches and unmatched requests pass: the caller, when known.
     Pass(Option<EntityUid>),
-    /// A route matched: decide `principal` on the route's action and resource.
+    /// A route matched: decide `caller` on the route's action and resource.
     Ask {
-        principal: EntityUid,
+        caller: Caller,
         matched: Matched<'s>,
     },
 }
@@ -339,13 +386,14 @@ pub fn map<'s>(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
+    token: Option<TokenCheck>,
 ) -> Result<Mapped<'s>, Refusal> {
     let (original_method, target) = original(method, uri, headers)?;
     let raw = uri.path_and_query().map(|p| p.as_str()).unwrap_or_default();
     if let Some(why) = ambiguity(raw) {
         return Err(Refusal::forbidden("ambiguous_request", why));
     }
-    map_original(config, snap, snap, original_method, target, headers)
+    map_original(config, snap, snap, original_method, target, headers, token)
 }
 
 /// Whether `method` is an HTTP method token (RFC 9110).
@@ -358,6 +406,8 @@ fn is_method(method: &str) -> bool {
 
 /// [`map`] for a request whose original method and target are already
 /// known (a transport that carries them, such as Envoy's gRPC `Check`).
+/// `token` is the verification of the bearer JWT ([`bearer_jwt`]), when
+/// there is one.
 pub fn map_original<'s>(
     config: &ForwardAuthConfig,
     snap: &'s Snapshot,
@@ -365,6 +415,7 @@ pub fn map_original<'s>(
     original_method: &str,
     target: &str,
     headers: &HeaderMap,
+    token: Option<TokenCheck>,
 ) -> Result<Mapped<'s>, Refusal> {
     if let Some(why) = ambiguity(target) {
         return Err(Refusal::forbidden("ambiguous_request", why));
@@ -387,20 +438,26 @@ pub fn map_original<'s>(
     }
     let segments = routes::request_segments(target)
         .map_err(|e| Refusal::forbidden("invalid_path", e.to_string()))?;
-    let who = principal(config, snap, facts, headers)?;
+    let who = principal(config, snap, facts, headers, token)?;
     let Some(matched) = snap.routes.find(original_method, &segments) else {
         tracing::debug!(method = original_method, "forward-auth: no route matches");
         return match (config.unmatched, who) {
-            (Unmatched::Allow, who) => Ok(Mapped::Pass(who)),
-            (Unmatched::Deny, None) => Err(Refusal::unauthorized(false, "an API key is required")),
+            (Unmatched::Allow, who) => Ok(Mapped::Pass(who.map(|c| c.uid().clone()))),
+            (Unmatched::Deny, None) => Err(Refusal::unauthorized(
+                false,
+                "credentials are required: an API key or a bearer JWT",
+            )),
             (Unmatched::Deny, Some(_)) => Err(Refusal::forbidden(
                 "unmatched_route",
                 "no route matches this request",
             )),
         };
     };
-    let Some(principal) = who else {
-        return Err(Refusal::unauthorized(false, "an API key is required"));
+    let Some(caller) = who else {
+        return Err(Refusal::unauthorized(
+            false,
+            "credentials are required: an API key or a bearer JWT",
+        ));
     };
-    Ok(Mapped::Ask { principal, matched })
+    Ok(Mapped::Ask { caller, matched })
 }

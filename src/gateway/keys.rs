@@ -23,6 +23,10 @@ pub const DIGEST_ATTR: &str = "apiKeyDigests";
 /// Longest key accepted, in bytes; a longer one is refused unhashed.
 pub const MAX_KEY_BYTES: usize = 512;
 
+/// Longest bearer credential read (an API key or a JWT), in bytes; a
+/// longer `Authorization` header is malformed, and nothing in it is parsed.
+pub const MAX_BEARER_BYTES: usize = crate::identity::verify::MAX_TOKEN_BYTES;
+
 /// The SHA-256 digest of `key`, as stored in the facts (lowercase hex).
 pub fn digest_hex(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
@@ -146,7 +150,7 @@ pub fn bearer(headers: &HeaderMap) -> Credential<'_> {
     let visible = token.bytes().all(|b| b.is_ascii_graphic());
     if !scheme.eq_ignore_ascii_case("bearer")
         || token.is_empty()
-        || token.len() > MAX_KEY_BYTES
+        || token.len() > MAX_BEARER_BYTES
         || !visible
     {
         return Credential::Malformed;
@@ -259,7 +263,13 @@ mod tests {
         assert_eq!(read(&["Bearer"]), Err("malformed"));
         assert_eq!(read(&["Bearer a b"]), Err("malformed"));
         assert_eq!(read(&["Bearer a", "Bearer b"]), Err("malformed"));
-        let long = format!("Bearer {}", "k".repeat(MAX_KEY_BYTES + 1));
+        // A JWT may be longer than a key; past the bearer bound nothing is read.
+        let jwt_sized = "k".repeat(MAX_KEY_BYTES + 1);
+        assert_eq!(
+            read(&[format!("Bearer {jwt_sized}").as_str()]),
+            Ok(jwt_sized)
+        );
+        let long = format!("Bearer {}", "k".repeat(MAX_BEARER_BYTES + 1));
         assert_eq!(read(&[long.as_str()]), Err("malformed"));
     }
 }

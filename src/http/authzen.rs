@@ -224,6 +224,7 @@ pub fn to_input(
         context: e.context.clone().map(Value::Object),
         entities: None,
         additional_entities: (!overlays.is_empty()).then_some(Value::Array(overlays)),
+        token: None,
     };
     Ok((input, fields))
 }
@@ -270,13 +271,27 @@ pub fn response_body(d: &Decided, revision: u64) -> Value {
 }
 
 async fn evaluate(app: &App, snap: &At, e: &Evaluation) -> Result<Value, ApiError> {
-    let (input, overlays) = to_input(app, snap, e)?;
+    let (mut input, overlays) = to_input(app, snap, e)?;
     app.check_bounds(&input)?;
-    let decided = app
-        .pdp
-        .authorize(snap, &input, "authzen")
+    // A subject of type `jwt` is a bearer token to verify, not an entity.
+    if let Some(s) = &e.subject
+        && s.type_name == super::token::AUTHZEN_SUBJECT_TYPE
+    {
+        input.token = s.id.clone();
+        input.principal = None;
+    }
+    let decided = super::token::decide(app, snap, &input, "authzen")
         .await
-        .map_err(|e| authzen_field(e.into(), &overlays))?;
+        .map_err(|e| {
+            if e.field.as_deref() == Some("token") {
+                ApiError {
+                    field: Some("subject.id".into()),
+                    ..e
+                }
+            } else {
+                authzen_field(e, &overlays)
+            }
+        })?;
     Ok(response_body(&decided, snap.revision()))
 }
 

@@ -70,7 +70,7 @@ pub fn response_body(d: &Decided) -> ResponseBody {
 
 async fn decide_one(app: &App, snap: &At, input: &RequestInput) -> Result<ResponseBody, ApiError> {
     app.check_bounds(input)?;
-    let decided = app.pdp.authorize(snap, input, "cedar").await?;
+    let decided = super::token::decide(app, snap, input, "cedar").await?;
     Ok(response_body(&decided))
 }
 
@@ -109,11 +109,16 @@ pub async fn is_authorized_batch(
     for (i, input) in batch.requests.iter().enumerate() {
         let within = |e: ApiError| e.within(&format!("requests[{i}]"));
         app.check_bounds(input).map_err(within)?;
-        let decided = app
-            .pdp
-            .authorize_in_batch(&snap, input, "cedar", &mut memo)
-            .await
-            .map_err(|e| within(e.into()))?;
+        let decided = if input.token.is_some() {
+            super::token::decide(&app, &snap, input, "cedar")
+                .await
+                .map_err(within)?
+        } else {
+            app.pdp
+                .authorize_in_batch(&snap, input, "cedar", &mut memo)
+                .await
+                .map_err(|e| within(e.into()))?
+        };
         results.push(response_body(&decided));
     }
     let revision = snap.revision();

@@ -13,6 +13,7 @@ pub mod forward_auth;
 pub mod listen;
 pub mod ops;
 pub mod search;
+pub mod token;
 
 use std::sync::Arc;
 use std::time::Duration;

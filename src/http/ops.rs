@@ -41,7 +41,21 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
         body["facts"] = facts_json(facts);
     }
     body["stale"] = json!(stale);
+    if !snap.identity.is_empty() {
+        body["identity"] = identity_json(&app, &snap);
+    }
     (status, Json(body)).into_response()
+}
+
+/// The identity sources' keys: whether bearer JWTs of each issuer can be
+/// verified now, and why not. API keys work whatever this says, so it does
+/// not make the sidecar unready.
+fn identity_json(app: &App, snap: &crate::snapshot::Snapshot) -> Value {
+    let issuers = app.pdp.identity.status(&snap.identity);
+    json!({
+        "ready": issuers.iter().all(|i| i.ready),
+        "issuers": issuers,
+    })
 }
 
 /// The facts' revision and where they stand against their store.
@@ -81,7 +95,16 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
             rebootstraps: h.store.rebootstraps,
         });
     }
-    let body = app.pdp.metrics.render(&app.pdp.live);
+    let mut body = app.pdp.metrics.render(&app.pdp.live);
+    let snap = app.pdp.live.snapshot();
+    if !snap.identity.is_empty() {
+        let text = crate::metrics::identity_text(
+            &app.pdp.identity.status(&snap.identity),
+            &app.pdp.identity.outcomes(),
+        );
+        let at = body.rfind("# EOF").unwrap_or(body.len());
+        body.insert_str(at, &text);
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -104,7 +127,7 @@ pub async fn status(State(app): State<Arc<App>>) -> Json<Value> {
         "started_at": crate::reload::rfc3339::format(live.started_at()),
         "loaded_at": crate::reload::rfc3339::format(snap.loaded_at),
         "load_duration_ms": snap.load_duration.as_secs_f64() * 1000.0,
-        "paths": { "policies": paths.policies, "schema": paths.schema, "entities": paths.entities, "routes": paths.routes },
+        "paths": { "policies": paths.policies, "schema": paths.schema, "entities": paths.entities, "routes": paths.routes, "identity": paths.identity },
         "files": snap.files,
         "counts": {
             "policies": snap.policy_count(),
@@ -120,6 +143,7 @@ pub async fn status(State(app): State<Arc<App>>) -> Json<Value> {
         // null when the files are not watched (`--no-watch`, or no watcher could start).
         "watch": live.watching().map(|w| json!({ "debounce_ms": w.debounce.as_millis() as u64 })),
         // Where decisions read facts, and the revision they are at.
+        "identity": identity_json(&app, &snap),
         "facts": match &app.pdp.facts {
             Some(f) => facts_json(f),
             None => json!({ "source": "files", "revision": snap.generation }),

@@ -57,6 +57,8 @@ pub struct Paths {
     pub entities: PathBuf,
     /// Forward-auth routes (`*.yaml`, `*.yml`); none: no routes.
     pub routes: Option<PathBuf>,
+    /// Identity sources (`*.yaml`, `*.yml`); none: no bearer JWTs.
+    pub identity: Option<PathBuf>,
 }
 
 impl Default for Paths {
@@ -66,6 +68,7 @@ impl Default for Paths {
             schema: "schema".into(),
             entities: "entities".into(),
             routes: None,
+            identity: None,
         }
     }
 }
@@ -89,6 +92,7 @@ pub struct Inputs {
     pub policies: Vec<TextFile>,
     pub entities: Vec<TextFile>,
     pub routes: Vec<TextFile>,
+    pub identity: Vec<TextFile>,
 }
 
 impl Inputs {
@@ -102,6 +106,10 @@ impl Inputs {
             Some(r) => read_files(r, FileKind::Routes, &mut diags),
             None => Vec::new(),
         };
+        let identity = match &paths.identity {
+            Some(r) => read_files(r, FileKind::Identity, &mut diags),
+            None => Vec::new(),
+        };
         if diags.has_errors() {
             return Err(diags);
         }
@@ -110,6 +118,7 @@ impl Inputs {
             policies,
             entities,
             routes,
+            identity,
         })
     }
 
@@ -120,6 +129,7 @@ impl Inputs {
             (&self.policies, FileKind::Policies),
             (&self.entities, FileKind::Entities),
             (&self.routes, FileKind::Routes),
+            (&self.identity, FileKind::Identity),
         ]
         .into_iter()
         .flat_map(|(fs, kind)| fs.iter().map(move |f| source_file(f, kind)))
@@ -189,6 +199,18 @@ impl Inputs {
                 errors.into_iter().for_each(|e| d.push(e));
                 d
             })?;
+        snapshot.identity = crate::identity::config::compile(
+            &snapshot.names,
+            &snapshot.schema,
+            &self.schema,
+            &self.identity,
+        )
+        .map(std::sync::Arc::new)
+        .map_err(|errors| {
+            let mut d = Diagnostics::default();
+            errors.into_iter().for_each(|e| d.push(e));
+            d
+        })?;
         snapshot.files = files;
         snapshot.load_duration = started.elapsed();
         Ok(snapshot)
@@ -352,6 +374,7 @@ fn build_reusing(
         load_duration: started.elapsed(),
         entity_total,
         routes: Routes::default(),
+        identity: Default::default(),
         keys,
         search,
     })

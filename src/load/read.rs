@@ -27,7 +27,7 @@ pub fn has_extension(path: &Path, kind: FileKind) -> bool {
         FileKind::Policies => name.ends_with(".cedar"),
         FileKind::Schema => name.ends_with(".cedarschema") || name.ends_with(".cedarschema.json"),
         FileKind::Entities => name.ends_with(".json"),
-        FileKind::Routes => name.ends_with(".yaml") || name.ends_with(".yml"),
+        FileKind::Routes | FileKind::Identity => name.ends_with(".yaml") || name.ends_with(".yml"),
     }
 }
 

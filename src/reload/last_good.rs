@@ -28,6 +28,7 @@ fn sub(kind: FileKind) -> &'static str {
         FileKind::Schema => "schema",
         FileKind::Entities => "entities",
         FileKind::Routes => "routes",
+        FileKind::Identity => "identity",
     }
 }
 
@@ -35,11 +36,13 @@ fn sub(kind: FileKind) -> &'static str {
 pub fn saved(dir: &Path) -> Option<Paths> {
     let set = std::fs::canonicalize(dir.join(CURRENT)).ok()?;
     let routes = set.join("routes");
+    let identity = set.join("identity");
     Some(Paths {
         policies: set.join("policies"),
         schema: set.join("schema"),
         entities: set.join("entities"),
         routes: routes.is_dir().then_some(routes),
+        identity: identity.is_dir().then_some(identity),
     })
 }
 
@@ -51,6 +54,7 @@ fn relative(paths: &Paths, kind: FileKind, file: &Path) -> PathBuf {
         FileKind::Schema => Some(&paths.schema),
         FileKind::Entities => Some(&paths.entities),
         FileKind::Routes => paths.routes.as_ref(),
+        FileKind::Identity => paths.identity.as_ref(),
     };
     let name = || PathBuf::from(file.file_name().unwrap_or(file.as_os_str()));
     match root.and_then(|r| file.strip_prefix(r).ok()) {

@@ -394,6 +394,7 @@ mod tests {
             schema: dir.path().join("schema"),
             entities: dir.path().join("entities"),
             routes: None,
+            identity: None,
         };
         (dir, Live::load(paths).unwrap())
     }

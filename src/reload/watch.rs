@@ -92,6 +92,7 @@ fn roots(paths: &Paths) -> Vec<Root> {
         (Some(&paths.schema), FileKind::Schema),
         (Some(&paths.entities), FileKind::Entities),
         (paths.routes.as_ref(), FileKind::Routes),
+        (paths.identity.as_ref(), FileKind::Identity),
     ]
     .into_iter()
     .filter_map(|(p, kind)| Some((p?, kind)))

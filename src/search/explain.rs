@@ -466,6 +466,7 @@ mod tests {
             schema: root.join("schema"),
             entities: root.join("entities"),
             routes: None,
+            identity: None,
         })
         .expect("the shipped model loads")
     }

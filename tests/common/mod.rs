@@ -31,6 +31,7 @@ pub fn shipped() -> Paths {
         schema: r.join("schema"),
         entities: r.join("entities"),
         routes: None,
+        identity: None,
     }
 }
 
@@ -46,6 +47,7 @@ pub fn copy_of_shipped() -> (tempfile::TempDir, Paths) {
         schema: p.join("schema"),
         entities: p.join("entities"),
         routes: None,
+        identity: None,
     };
     (dir, paths)
 }
