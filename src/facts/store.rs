@@ -705,11 +705,19 @@ impl Store {
             }
             Backend::Sqlite => {
                 // A write first: the transaction holds the database's write
-                // lock before it reads.
-                sqlx::query("UPDATE facts_meta SET revision = revision WHERE id = 1")
-                    .execute(&mut *tx)
-                    .await?;
-                Self::meta_in(&mut tx).await?
+                // lock before it reads (one statement, one round trip to the
+                // connection's thread).
+                let row = sqlx::query(
+                    "UPDATE facts_meta SET revision = revision WHERE id = 1 \
+                     RETURNING revision, pruned_through",
+                )
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("the meta row is missing".into()))?;
+                (
+                    rev(row.try_get::<i64, _>(0)?)?,
+                    rev(row.try_get::<i64, _>(1)?)?,
+                )
             }
         };
         Ok(WriteTx {
