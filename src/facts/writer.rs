@@ -390,8 +390,11 @@ async fn run<A: Apply>(
                     refuse_all(&mut jobs, || WriteError::Store(e.clone()));
                 } else if status.bootstrapped() {
                     let pending = jobs.drain(..).collect();
-                    if !write_burst(&store, &mut apply, &mut rx, pending, max_group, &status).await
-                    {
+                    let probing = tick.is_some();
+                    let burst = write_burst(
+                        &store, &mut apply, &mut rx, pending, max_group, &status, probing,
+                    );
+                    if !burst.await {
                         break;
                     }
                 } else {
@@ -599,6 +602,7 @@ async fn write_burst<A: Apply>(
     mut pending: VecDeque<Job<A>>,
     max_group: usize,
     status: &StoreStatus,
+    refuse_when_away: bool,
 ) -> bool {
     let mut inflight: Option<InFlight<A>> = None;
     let mut staged: Option<Staged<A>> = None;
@@ -624,6 +628,18 @@ async fn write_burst<A: Apply>(
                 }
             }
             if pending.is_empty() {
+                return open;
+            }
+            if refuse_when_away && !status.reachable.load(Ordering::SeqCst) {
+                // Known away (a commit just failed so): answer now, and
+                // leave the rest to the main loop, which refuses at once
+                // until the poll tick finds the store again, rather than
+                // queue every group behind a connection timeout.
+                let e = Arc::new(StoreError::Unreachable(
+                    lock(&status.last_error).clone().unwrap_or_default(),
+                ));
+                let mut jobs: Vec<Job<A>> = pending.drain(..).collect();
+                refuse_all(&mut jobs, || WriteError::Store(e.clone()));
                 return open;
             }
             let n = pending.len().min(max_group);
