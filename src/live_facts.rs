@@ -239,8 +239,17 @@ struct Applier {
     working: FactView,
     /// The gate's epoch `working` derives from.
     epoch: u64,
-    /// The entities each staged revision changes.
+    /// The entities each staged revision of the open group changes.
     staged: Vec<(u64, Arc<[cedar_policy::EntityUid]>)>,
+    /// Groups sealed while an earlier one commits, oldest first: the view
+    /// at the end of each and what its revisions change.
+    sealed: VecDeque<Sealed>,
+}
+
+/// A staged group whose commit started.
+struct Sealed {
+    view: FactView,
+    changes: Vec<(u64, Arc<[cedar_policy::EntityUid]>)>,
 }
 
 impl Apply for Applier {
@@ -301,19 +310,40 @@ impl Apply for Applier {
         })
     }
 
+    fn seal(&mut self) -> bool {
+        // While a schema check waits, no group is staged beside the one
+        // committing: the check gets its turn once that one is published.
+        if self.shared.gate().closed {
+            return false;
+        }
+        self.sealed.push_back(Sealed {
+            view: self.working.clone(),
+            changes: std::mem::take(&mut self.staged),
+        });
+        true
+    }
+
     fn publish(&mut self, revisions: &[u64]) {
         let top = revisions.last().copied().unwrap_or(0);
-        debug_assert_eq!(self.working.revision(), top);
+        let (view, changes) = match self.sealed.pop_front() {
+            Some(group) => (group.view, group.changes),
+            None => (self.working.clone(), std::mem::take(&mut self.staged)),
+        };
+        debug_assert_eq!(view.revision(), top);
         // Remembered before the view is visible: whoever sees the view
         // finds what changed.
-        self.shared.remember(std::mem::take(&mut self.staged));
-        self.shared.view.store(Arc::new(self.working.clone()));
+        self.shared.remember(changes);
+        self.shared.view.store(Arc::new(view));
         self.shared.revision.send_replace(top);
-        self.shared.unstage();
+        // A group staged on top of this one keeps the gate's flag.
+        if self.sealed.is_empty() && self.working.revision() == top {
+            self.shared.unstage();
+        }
     }
 
     fn rollback(&mut self) {
         self.staged.clear();
+        self.sealed.clear();
         self.working = self.shared.view.load().as_ref().clone();
         self.shared.unstage();
     }
@@ -719,6 +749,7 @@ impl LiveFacts {
             working: view,
             epoch: 0,
             staged: Vec::new(),
+            sealed: VecDeque::new(),
         };
         let wake = Arc::new(tokio::sync::Notify::new());
         let listening = store.spawn_listener(wake.clone()).is_some();

@@ -378,6 +378,12 @@ struct MapState {
     rollbacks: usize,
     /// `(from, head)` of every catch-up with another writer's revisions.
     caught_up: Vec<(u64, u64)>,
+    /// Stage a group on top of the one committing ([`Apply::seal`]).
+    pipelined: bool,
+    /// How many of `staged` each sealed group holds, oldest first.
+    bounds: std::collections::VecDeque<usize>,
+    /// Requests validated while an earlier group was committing.
+    staged_beside: usize,
 }
 
 impl MapState {
@@ -421,6 +427,9 @@ impl Apply for MapState {
     }
 
     fn apply(&mut self, req: &Req, revision: u64) -> Result<Commit, String> {
+        if !self.bounds.is_empty() {
+            self.staged_beside += 1;
+        }
         let (uid, value) = match req {
             Req::Put {
                 uid,
@@ -471,14 +480,24 @@ impl Apply for MapState {
         Ok(commit)
     }
 
+    fn seal(&mut self) -> bool {
+        if !self.pipelined {
+            return false;
+        }
+        let sealed: usize = self.bounds.iter().sum();
+        self.bounds.push_back(self.staged.len() - sealed);
+        true
+    }
+
     fn publish(&mut self, revisions: &[u64]) {
-        for (uid, v) in self.staged.drain(..) {
+        let n = self.bounds.pop_front().unwrap_or(self.staged.len());
+        for (uid, v) in self.staged.drain(..n) {
             match v {
                 Some(p) => self.published.insert(uid, p),
                 None => self.published.remove(&uid),
             };
         }
-        self.staged_view.clear();
+        self.staged_view = self.staged.iter().cloned().collect();
         self.revision = *revisions.last().unwrap();
         self.published_revisions.extend_from_slice(revisions);
     }
@@ -486,6 +505,7 @@ impl Apply for MapState {
     fn rollback(&mut self) {
         self.staged.clear();
         self.staged_view.clear();
+        self.bounds.clear();
         self.rollbacks += 1;
     }
 
@@ -765,6 +785,124 @@ async fn failed_commit_case(u: String) {
                 .is_none()
         );
     }
+}
+
+#[test]
+fn pipelined_groups_publish_in_commit_order_and_a_failed_one_voids_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(pipelined_case(url(dir.path(), "many.db")));
+    single().block_on(pipelined_failure_case(url(dir.path(), "failed.db")));
+}
+
+fn pipelined() -> MapState {
+    MapState {
+        pipelined: true,
+        ..MapState::default()
+    }
+}
+
+/// Small groups, so that most are staged while the one before commits.
+fn small_groups() -> WriterOptions {
+    WriterOptions {
+        max_group: 2,
+        ..WriterOptions::default()
+    }
+}
+
+async fn pipelined_case(u: String) {
+    let store = Store::open(&u).await.unwrap();
+    let (writer, task) = Writer::spawn(store.clone(), pipelined(), small_groups());
+    let mut handles = Vec::new();
+    for w in 0..16 {
+        let writer = writer.clone();
+        handles.push(tokio::spawn(async move {
+            let org = format!("Prefect::Organization::\"o{w}\"");
+            let a = writer.write(put(&org, &[])).await.unwrap();
+            let user = format!("Prefect::User::\"u{w}\"");
+            let b = writer.write(put(&user, &[&org])).await.unwrap();
+            assert!(b > a);
+            match writer.write(Req::Delete { uid: org.clone() }).await {
+                Err(WriteError::Rejected(why)) => assert!(why.contains("is a parent of")),
+                other => panic!("expected a rejection, got {other:?}"),
+            }
+            (a, b)
+        }));
+    }
+    let mut revisions = Vec::new();
+    for h in handles {
+        let (a, b) = h.await.unwrap();
+        revisions.extend([a, b]);
+    }
+    revisions.sort_unstable();
+    assert_eq!(revisions, (1..=32).collect::<Vec<u64>>());
+    drop(writer);
+    let state = task.await.unwrap();
+    // Published one group at a time, in commit order.
+    assert_eq!(state.published_revisions, (1..=32).collect::<Vec<u64>>());
+    assert_eq!(state.rollbacks, 0);
+    assert!(state.bounds.is_empty() && state.staged.is_empty());
+    assert_eq!(stored_map(&store).await, state.published);
+}
+
+/// Runs on one thread: a group's commit is pending when the writer first
+/// polls it, so the next queued request is staged beside it.
+async fn pipelined_failure_case(u: String) {
+    let store = Store::open(&u).await.unwrap();
+    // A change row for revision 1 behind the writer's back: the commit of
+    // revision 1 fails in the database, after its first statements.
+    let raw = sqlx::AnyPool::connect(&u).await.unwrap();
+    let bogus = "INSERT INTO changes (revision, at, actor, ops, upserted, deleted) \
+                 VALUES (1, 'x', 'x', '[]', '[]', '[]')";
+    sqlx::query(bogus).execute(&raw).await.unwrap();
+    let one_at_a_time = WriterOptions {
+        max_group: 1,
+        ..WriterOptions::default()
+    };
+    let (writer, task) = Writer::spawn(store.clone(), pipelined(), one_at_a_time);
+    // The first group creates `p` and fails; `q`, validated on top of it
+    // while it committed, named `p`: it is validated again on the
+    // published state, where `p` never existed.
+    let (p, q) = tokio::join!(
+        writer.write(put("Prefect::Organization::\"p\"", &[])),
+        writer.write(put(
+            "Prefect::User::\"q\"",
+            &["Prefect::Organization::\"p\""]
+        )),
+    );
+    match &p {
+        Err(WriteError::Store(e)) => assert!(matches!(**e, StoreError::Db(_)), "{e}"),
+        other => panic!("expected a store error, got {other:?}"),
+    }
+    match &q {
+        Err(WriteError::Rejected(why)) => assert!(why.contains("does not exist"), "{why}"),
+        other => panic!("expected a rejection on the published state, got {other:?}"),
+    }
+    sqlx::query("DELETE FROM changes")
+        .execute(&raw)
+        .await
+        .unwrap();
+    raw.close().await;
+    // A group staged on top of a committed one is committed after it.
+    let (a, c) = tokio::join!(
+        writer.write(put("Prefect::Organization::\"a\"", &[])),
+        writer.write(put(
+            "Prefect::User::\"c\"",
+            &["Prefect::Organization::\"a\""]
+        )),
+    );
+    assert_eq!((a.unwrap(), c.unwrap()), (1, 2));
+    drop(writer);
+    let state = task.await.unwrap();
+    // `q` beside `p` and `c` beside `a`, unless the runtime's cooperative
+    // budget delayed a send until the commit before it was done.
+    assert!(
+        state.staged_beside >= 1,
+        "nothing was staged beside a commit"
+    );
+    assert_eq!(state.rollbacks, 1);
+    assert_eq!(state.published_revisions, vec![1, 2]);
+    assert_eq!(store.head().await.unwrap(), 2);
+    assert_eq!(stored_map(&store).await, state.published);
 }
 
 // ---------------------------------------------------------------------------

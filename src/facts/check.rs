@@ -14,8 +14,10 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use cedar_policy_core::ast::{self, EntityUID, Literal, PartialValue, ValueKind};
-use imbl::{HashMap as PMap, HashSet as PSet};
+use imbl::HashMap as PMap;
 use smol_str::SmolStr;
+
+use super::uidset::SmallSet as PSet;
 
 use crate::gateway::keys;
 

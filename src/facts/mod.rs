@@ -21,6 +21,8 @@
 //! * [`writer`]: the group-commit task that validates queued writes in
 //!   order and commits them together.
 //! * [`transfer`]: moving facts between entity files and a store.
+//! * [`uidset`]: the compact persistent set the view's indexes hold per
+//!   key.
 
 pub mod check;
 pub mod ops;
@@ -28,6 +30,7 @@ pub mod parse;
 pub mod slice;
 pub mod store;
 pub mod transfer;
+pub mod uidset;
 pub mod view;
 pub mod writer;
 

@@ -21,8 +21,13 @@
 //!   revision, with the batch as accepted and the uids it wrote and
 //!   deleted.
 //! - **Durability.** SQLite runs in WAL mode with `synchronous=FULL`: a
-//!   commit that returned is on disk. PostgreSQL commits are durable by its
-//!   own default.
+//!   commit that returned is on disk (its WAL frames `fsync`ed), so an
+//!   acknowledged write survives a `kill -9` of the process and a power
+//!   loss alike. `synchronous=NORMAL` would survive the first but could lose
+//!   the last commits to the second; FULL is kept, and the group commit
+//!   pays one `fsync` per group, taken off the writer's path by pipelining
+//!   ([`crate::facts::writer`]). PostgreSQL commits are durable by its own
+//!   default.
 //! - **Schema.** Versioned migrations ([`MIGRATIONS`]) recorded in
 //!   `facts_schema`; a store with a newer version than this build knows is
 //!   refused, and [`Store::connect`] refuses an unmigrated one.
@@ -705,11 +710,19 @@ impl Store {
             }
             Backend::Sqlite => {
                 // A write first: the transaction holds the database's write
-                // lock before it reads.
-                sqlx::query("UPDATE facts_meta SET revision = revision WHERE id = 1")
-                    .execute(&mut *tx)
-                    .await?;
-                Self::meta_in(&mut tx).await?
+                // lock before it reads (one statement, one round trip to the
+                // connection's thread).
+                let row = sqlx::query(
+                    "UPDATE facts_meta SET revision = revision WHERE id = 1 \
+                     RETURNING revision, pruned_through",
+                )
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("the meta row is missing".into()))?;
+                (
+                    rev(row.try_get::<i64, _>(0)?)?,
+                    rev(row.try_get::<i64, _>(1)?)?,
+                )
             }
         };
         Ok(WriteTx {

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use cedar_policy::{Entity, EntityUid};
 use cedar_policy_core::ast::{self, EntityUID, Literal, PartialValue, ValueKind};
-use imbl::{HashMap as PMap, HashSet as PSet};
+use imbl::HashMap as PMap;
 use serde::Serialize;
 use serde_json::{Value, json};
 use smol_str::SmolStr;
@@ -38,6 +38,7 @@ use super::Model;
 use super::check::{self, DomainIndex, Lookup, reindex};
 use super::ops::{Batch, Op};
 use super::parse;
+use super::uidset::SmallSet as PSet;
 
 /// One entity at a revision.
 #[derive(Debug, Clone)]

@@ -17,6 +17,16 @@
 //! [`Apply::publish`] with their revisions and only then answers each
 //! request with its revision or its rejection.
 //!
+//! Groups are pipelined (`write_burst`): while one group's commit runs
+//! (its `fsync` above all), the requests queued behind it are validated
+//! and staged on top of it, and that next group takes the write lock as
+//! soon as the first is published. It is committed as staged when the
+//! store is still where the first group left it; otherwise (another
+//! process wrote, or the first group failed) its staged state is dropped
+//! and its requests are validated again on the published state. A request
+//! is answered once its own group is durable, groups are published in
+//! commit order, and none is published on top of a group that failed.
+//!
 //! The caller's state has two sides: the published state, current for
 //! readers, and the working state that `apply` stages into. `publish`
 //! makes the working state current; when the commit fails, `rollback`
@@ -34,6 +44,9 @@
 //! connection timeouts); the next successful poll lets them through again. Now and then the task also
 //! prunes the change log to the configured retention.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,7 +54,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::store::{Commit, Delta, Store, StoreError, StoredEntity};
+use super::store::{Commit, Delta, Store, StoreError, StoredEntity, WriteTx};
 
 /// The caller's validate-and-apply step.
 pub trait Apply: Send + 'static {
@@ -57,12 +70,23 @@ pub trait Apply: Send + 'static {
     /// Rejected: the working state is left as it was.
     fn apply(&mut self, request: &Self::Request, revision: u64) -> Result<Commit, Self::Rejection>;
 
-    /// The group is durable at `revisions` (consecutive, ascending): make
-    /// the working state the published one.
+    /// The group staged so far is complete and its commit starts: later
+    /// [`Apply::apply`] calls stage the next group on top of it, while it
+    /// commits. False (the default): the caller keeps one group at a time,
+    /// and the writer stages the next group only after this one is
+    /// published or rolled back.
+    fn seal(&mut self) -> bool {
+        false
+    }
+
+    /// The oldest staged group is durable at `revisions` (consecutive,
+    /// ascending): make the state at its end (the working state, when no
+    /// group was sealed after it) the published one.
     fn publish(&mut self, revisions: &[u64]);
 
-    /// The group was not committed: make the working state the published
-    /// one again. (What other processes wrote meanwhile reaches the
+    /// A group was not committed: drop every staged group (the later ones
+    /// were validated on top of it) and make the published state the
+    /// working one again. (What other processes wrote meanwhile reaches the
     /// published state through [`Apply::catch_up`], under the next group's
     /// write lock or the next follow.)
     fn rollback(&mut self);
@@ -365,7 +389,14 @@ async fn run<A: Apply>(
                     ));
                     refuse_all(&mut jobs, || WriteError::Store(e.clone()));
                 } else if status.bootstrapped() {
-                    commit_group(&store, &mut apply, &mut jobs, &status).await;
+                    let pending = jobs.drain(..).collect();
+                    let probing = tick.is_some();
+                    let burst = write_burst(
+                        &store, &mut apply, &mut rx, pending, max_group, &status, probing,
+                    );
+                    if !burst.await {
+                        break;
+                    }
                 } else {
                     let e = Arc::new(StoreError::NotReady(
                         lock(&status.last_error)
@@ -499,81 +530,236 @@ fn refuse_all<A: Apply>(jobs: &mut Vec<Job<A>>, error: impl Fn() -> WriteError<A
     }
 }
 
-/// Validate, commit, publish and answer one group (`jobs` is left empty).
-async fn commit_group<A: Apply>(
+/// The future of a group's commit.
+type CommitFuture = Pin<Box<dyn Future<Output = Result<Vec<u64>, StoreError>> + Send>>;
+
+/// A group whose commit is running.
+struct InFlight<A: Apply> {
+    jobs: Vec<Job<A>>,
+    /// Per job: the index of its commit, or its rejection.
+    verdicts: Vec<Result<usize, A::Rejection>>,
+    /// The revision its last commit will have.
+    top: u64,
+    /// The caller staged its end ([`Apply::seal`]): the next group may be
+    /// staged beside it.
+    sealed: bool,
+    commit: CommitFuture,
+}
+
+/// A group validated and staged on top of the one in flight, waiting for
+/// it to be published.
+struct Staged<A: Apply> {
+    /// The revision it was staged on (the last of the group in flight).
+    base: u64,
+    jobs: Vec<Job<A>>,
+    verdicts: Vec<Result<usize, A::Rejection>>,
+    commits: Vec<Commit>,
+}
+
+impl<A: Apply> Staged<A> {
+    fn new(base: u64) -> Self {
+        Staged {
+            base,
+            jobs: Vec::new(),
+            verdicts: Vec::new(),
+            commits: Vec::new(),
+        }
+    }
+
+    /// Validate and stage one more job.
+    fn push(&mut self, apply: &mut A, job: Job<A>) {
+        let revision = self.base + self.commits.len() as u64 + 1;
+        self.verdicts
+            .push(match apply.apply(&job.request, revision) {
+                Ok(commit) => {
+                    self.commits.push(commit);
+                    Ok(self.commits.len() - 1)
+                }
+                Err(rejection) => Err(rejection),
+            });
+        self.jobs.push(job);
+    }
+}
+
+/// Commit `pending` and whatever queues behind it, group after group,
+/// until the queue is empty and nothing is in flight. Returns false when
+/// the queue closed.
+///
+/// While a group's commit runs (its `fsync` above all), the next group is
+/// validated and staged on top of it, when the caller can keep two
+/// ([`Apply::seal`]). Once the first is published, the second takes the
+/// write lock: when the store is still at the revision the first left it
+/// at, its commit starts at once; otherwise (another process wrote) it is
+/// dropped and validated again after the catch-up. When the first group's
+/// commit fails, the second is dropped with it and validated again on the
+/// published state. So a write is acknowledged only once its own group is
+/// durable and published, groups are published in commit order, and every
+/// write is validated against exactly the world it is committed on.
+async fn write_burst<A: Apply>(
     store: &Store,
     apply: &mut A,
-    jobs: &mut Vec<Job<A>>,
+    rx: &mut mpsc::Receiver<Job<A>>,
+    mut pending: VecDeque<Job<A>>,
+    max_group: usize,
     status: &StoreStatus,
-) {
-    // Take the write lock; catch up with other writers under it. A reader
-    // behind the pruned log re-bootstraps and tries again once.
-    let mut attempts = 0;
-    let tx = loop {
-        attempts += 1;
-        let mut tx = match store.write_tx().await {
-            Ok(tx) => tx,
-            Err(e) => {
-                status.failed(&e);
-                let e = Arc::new(e);
-                return refuse_all(jobs, || WriteError::Store(e.clone()));
+    refuse_when_away: bool,
+) -> bool {
+    let mut inflight: Option<InFlight<A>> = None;
+    let mut staged: Option<Staged<A>> = None;
+    let mut open = true;
+    loop {
+        let Some(fl) = inflight.as_mut() else {
+            if let Some(s) = staged.take() {
+                match start_staged(store, apply, s, status).await {
+                    Ok(next) => inflight = next,
+                    Err(jobs) => {
+                        for job in jobs.into_iter().rev() {
+                            pending.push_front(job);
+                        }
+                    }
+                }
+                continue;
             }
+            while open && pending.len() < max_group {
+                match rx.try_recv() {
+                    Ok(job) => pending.push_back(job),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+                }
+            }
+            if pending.is_empty() {
+                return open;
+            }
+            if refuse_when_away && !status.reachable.load(Ordering::SeqCst) {
+                // Known away (a commit just failed so): answer now, and
+                // leave the rest to the main loop, which refuses at once
+                // until the poll tick finds the store again, rather than
+                // queue every group behind a connection timeout.
+                let e = Arc::new(StoreError::Unreachable(
+                    lock(&status.last_error).clone().unwrap_or_default(),
+                ));
+                let mut jobs: Vec<Job<A>> = pending.drain(..).collect();
+                refuse_all(&mut jobs, || WriteError::Store(e.clone()));
+                return open;
+            }
+            let n = pending.len().min(max_group);
+            let jobs: Vec<Job<A>> = pending.drain(..n).collect();
+            inflight = begin_group(store, apply, jobs, status).await;
+            continue;
         };
-        let head = tx.head();
-        status.seen(head);
-        let local = apply.revision();
-        if head < local {
-            let e = Arc::new(StoreError::Corrupt(format!(
-                "the store is at revision {head}, behind this process's {local} (restored from an older backup?)"
-            )));
+        if fl.sealed && !pending.is_empty() {
+            // Left from a group dropped earlier: staged before anything new.
+            let s = staged.get_or_insert_with(|| Staged::new(fl.top));
+            if s.jobs.len() < max_group {
+                let job = pending.pop_front().expect("pending");
+                s.push(apply, job);
+                continue;
+            }
+        }
+        let room = fl.sealed
+            && pending.is_empty()
+            && staged.as_ref().is_none_or(|s| s.jobs.len() < max_group);
+        let top = fl.top;
+        let step = tokio::select! {
+            biased;
+            outcome = &mut fl.commit => Step::Done(outcome),
+            job = rx.recv(), if open && room => Step::Job(job),
+        };
+        match step {
+            Step::Done(outcome) => {
+                let fl = inflight.take().expect("in flight");
+                if !finish_group(apply, fl, outcome, status)
+                    && let Some(s) = staged.take()
+                {
+                    // Validated on top of a group that is void: again, on
+                    // the published state.
+                    for job in s.jobs.into_iter().rev() {
+                        pending.push_front(job);
+                    }
+                }
+            }
+            Step::Job(Some(job)) => staged
+                .get_or_insert_with(|| Staged::new(top))
+                .push(apply, job),
+            Step::Job(None) => open = false,
+        }
+    }
+}
+
+/// What a group in flight waited for.
+enum Step<J> {
+    Done(Result<Vec<u64>, StoreError>),
+    Job(Option<J>),
+}
+
+/// Take the write lock for a group staged on top of the one just
+/// published and start its commit (none: nothing to commit, every job
+/// answered). Err(jobs): the store moved since it was staged; the staged
+/// state was dropped, and the jobs are to be validated again.
+async fn start_staged<A: Apply>(
+    store: &Store,
+    apply: &mut A,
+    s: Staged<A>,
+    status: &StoreStatus,
+) -> Result<Option<InFlight<A>>, Vec<Job<A>>> {
+    let tx = match store.write_tx().await {
+        Ok(tx) => tx,
+        Err(e) => {
             status.failed(&e);
-            return refuse_all(jobs, || WriteError::Store(e.clone()));
-        }
-        if head == local {
-            break tx;
-        }
-        match tx.delta_since(local).await {
-            Ok(delta) => match apply.catch_up(delta) {
-                Ok(()) => break tx,
-                Err(why) => {
-                    status.diverged(&why);
-                    return refuse_all(jobs, || WriteError::Diverged(why.clone()));
-                }
-            },
-            Err(StoreError::Pruned { .. }) if attempts < 2 => {
-                drop(tx);
-                if !bootstrap(store, apply, status).await {
-                    let why = status
-                        .report()
-                        .diverged
-                        .or(status.report().last_error)
-                        .unwrap_or_default();
-                    return refuse_all(jobs, || WriteError::Diverged(why.clone()));
-                }
-            }
-            Err(e) => {
-                status.failed(&e);
-                let e = Arc::new(e);
-                return refuse_all(jobs, || WriteError::Store(e.clone()));
-            }
+            apply.rollback();
+            let e = Arc::new(e);
+            let mut jobs = s.jobs;
+            refuse_all(&mut jobs, || WriteError::Store(e.clone()));
+            return Ok(None);
         }
     };
-    let base = tx.head();
-    debug_assert_eq!(base, apply.revision());
-    let mut commits = Vec::with_capacity(jobs.len());
-    // Per job: the index of its commit, or its rejection.
-    let mut verdicts: Vec<Result<usize, A::Rejection>> = Vec::with_capacity(jobs.len());
-    for job in jobs.iter() {
-        let revision = base + commits.len() as u64 + 1;
-        verdicts.push(match apply.apply(&job.request, revision) {
-            Ok(commit) => {
-                commits.push(commit);
-                Ok(commits.len() - 1)
-            }
-            Err(rejection) => Err(rejection),
-        });
+    status.seen(tx.head());
+    if tx.head() != s.base || apply.revision() != s.base {
+        apply.rollback();
+        return Err(s.jobs);
     }
-    let outcome = tx.commit(&commits).await;
+    Ok(start_commit(apply, tx, s.jobs, s.verdicts, s.commits))
+}
+
+/// Start committing a validated group under the write lock `tx` (none:
+/// nothing was accepted, every job is answered now).
+fn start_commit<A: Apply>(
+    apply: &mut A,
+    tx: WriteTx,
+    jobs: Vec<Job<A>>,
+    verdicts: Vec<Result<usize, A::Rejection>>,
+    commits: Vec<Commit>,
+) -> Option<InFlight<A>> {
+    if commits.is_empty() {
+        drop(tx);
+        for (job, verdict) in jobs.into_iter().zip(verdicts) {
+            let answer = match verdict {
+                Ok(_) => unreachable!("no commit was accepted"),
+                Err(r) => Err(WriteError::Rejected(r)),
+            };
+            let _ = job.reply.send(answer);
+        }
+        return None;
+    }
+    let top = tx.head() + commits.len() as u64;
+    let sealed = apply.seal();
+    Some(InFlight {
+        jobs,
+        verdicts,
+        top,
+        sealed,
+        commit: Box::pin(async move { tx.commit(&commits).await }),
+    })
+}
+
+/// Publish and answer a group whose commit ended: whether it committed.
+/// On failure every staged state is dropped ([`Apply::rollback`]).
+fn finish_group<A: Apply>(
+    apply: &mut A,
+    fl: InFlight<A>,
+    outcome: Result<Vec<u64>, StoreError>,
+    status: &StoreStatus,
+) -> bool {
     match outcome {
         Ok(revisions) => {
             if let Some(top) = revisions.last() {
@@ -581,13 +767,14 @@ async fn commit_group<A: Apply>(
                 status.seen(*top);
             }
             status.confirmed();
-            for (job, verdict) in jobs.drain(..).zip(verdicts) {
+            for (job, verdict) in fl.jobs.into_iter().zip(fl.verdicts) {
                 let answer = match verdict {
                     Ok(i) => Ok(revisions[i]),
                     Err(r) => Err(WriteError::Rejected(r)),
                 };
                 let _ = job.reply.send(answer);
             }
+            true
         }
         Err(e) => {
             status.failed(&e);
@@ -597,7 +784,7 @@ async fn commit_group<A: Apply>(
             // was decided on the published state and stands; the later ones
             // saw staged changes that are now void.
             let mut staged = false;
-            for (job, verdict) in jobs.drain(..).zip(verdicts) {
+            for (job, verdict) in fl.jobs.into_iter().zip(fl.verdicts) {
                 let answer = match verdict {
                     Err(r) if !staged => Err(WriteError::Rejected(r)),
                     Ok(_) => {
@@ -608,6 +795,81 @@ async fn commit_group<A: Apply>(
                 };
                 let _ = job.reply.send(answer);
             }
+            false
         }
     }
+}
+
+/// Take the write lock, catch up with other writers under it, validate
+/// `jobs` in order and start their commit (none: every job was answered).
+async fn begin_group<A: Apply>(
+    store: &Store,
+    apply: &mut A,
+    mut jobs: Vec<Job<A>>,
+    status: &StoreStatus,
+) -> Option<InFlight<A>> {
+    // Take the write lock; catch up with other writers under it. A reader
+    // behind the pruned log re-bootstraps and tries again once.
+    let mut attempts = 0;
+    let tx = loop {
+        attempts += 1;
+        let mut tx = match store.write_tx().await {
+            Ok(tx) => tx,
+            Err(e) => {
+                status.failed(&e);
+                let e = Arc::new(e);
+                refuse_all(&mut jobs, || WriteError::Store(e.clone()));
+                return None;
+            }
+        };
+        let head = tx.head();
+        status.seen(head);
+        let local = apply.revision();
+        if head < local {
+            let e = Arc::new(StoreError::Corrupt(format!(
+                "the store is at revision {head}, behind this process's {local} (restored from an older backup?)"
+            )));
+            status.failed(&e);
+            refuse_all(&mut jobs, || WriteError::Store(e.clone()));
+            return None;
+        }
+        if head == local {
+            break tx;
+        }
+        match tx.delta_since(local).await {
+            Ok(delta) => match apply.catch_up(delta) {
+                Ok(()) => break tx,
+                Err(why) => {
+                    status.diverged(&why);
+                    refuse_all(&mut jobs, || WriteError::Diverged(why.clone()));
+                    return None;
+                }
+            },
+            Err(StoreError::Pruned { .. }) if attempts < 2 => {
+                drop(tx);
+                if !bootstrap(store, apply, status).await {
+                    let why = status
+                        .report()
+                        .diverged
+                        .or(status.report().last_error)
+                        .unwrap_or_default();
+                    refuse_all(&mut jobs, || WriteError::Diverged(why.clone()));
+                    return None;
+                }
+            }
+            Err(e) => {
+                status.failed(&e);
+                let e = Arc::new(e);
+                refuse_all(&mut jobs, || WriteError::Store(e.clone()));
+                return None;
+            }
+        }
+    };
+    let base = tx.head();
+    debug_assert_eq!(base, apply.revision());
+    let mut group = Staged::new(base);
+    for job in jobs {
+        group.push(apply, job);
+    }
+    start_commit(apply, tx, group.jobs, group.verdicts, group.commits)
 }

@@ -28,6 +28,7 @@ use imbl::{HashMap as PMap, OrdSet};
 use super::source::{Source, Target};
 use crate::engine::{Outcome, Query};
 use crate::facts::check::Lookup;
+use crate::facts::uidset::SmallSet;
 use crate::facts::{FactView, Model, SlicePlan};
 use crate::snapshot::Snapshot;
 
@@ -97,7 +98,9 @@ type Ref = (Vec<String>, Held);
 pub struct LiveIndex {
     revision: u64,
     types: PMap<EntityTypeName, OrdSet<Key>>,
-    refs: PMap<Ref, OrdSet<Key>>,
+    /// Holders by value (iterated, never listed in order: most hold one
+    /// or a few entities, which a small set keeps compact).
+    refs: PMap<Ref, SmallSet<Key>>,
     /// What each entity was indexed under, to take it out again.
     held: PMap<EntityUid, Arc<Vec<Ref>>>,
 }
