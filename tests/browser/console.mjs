@@ -125,6 +125,8 @@ const scenarios = {
     await page.mouse.move(0, 0);
     await page.fill('#map-principal', options.principal);
     await page.click('#principal-form button[type=submit]');
+    // The workspace map's cells would match too: wait for the new map.
+    await page.waitForFunction((before) => document.querySelector('#map-title').textContent !== before, result.title);
     const back = page.locator(`td.cell[data-principal='${options.principal}'][data-workspace='${options.reverse_workspace}'][data-scope='${options.scope}']`);
     await back.waitFor();
     result.reverse_title = await text('#map-title');

@@ -97,6 +97,21 @@ $('login-form').addEventListener('submit', (event) => {
   route();
 });
 
+// The forms are bound when the script loads, not when their page is first
+// shown (that waits for the catalog): a submit never leaves the page.
+$('try-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  getCatalog().then(decide).catch(report('try'));
+});
+$('workspace-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  location.hash = `#access?workspace=${encodeURIComponent($('workspace').value.trim())}`;
+});
+$('principal-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  location.hash = `#access?principal=${encodeURIComponent($('map-principal').value.trim())}`;
+});
+
 $('sign-out').addEventListener('click', () => {
   sessionStorage.removeItem(TOKEN_KEY);
   showLogin('');
@@ -253,10 +268,6 @@ async function showTry(params) {
     }, 120));
     action.addEventListener('input', () => renderContextHint(actionInfo(action.value)));
     refreshActions();
-    $('try-form').addEventListener('submit', (event) => {
-      event.preventDefault();
-      decide().catch(report('try'));
-    });
   }
   for (const k of ['principal', 'action', 'resource']) if (params.get(k)) $(k).value = params.get(k);
   if (params.get('principal') && params.get('action') && params.get('resource')) await decide();
@@ -356,14 +367,6 @@ async function showAccess(params) {
     p.addEventListener('input', debounce(() => {
       fillCompletions($('map-principal-options'), matchTypes(c.principal_types, typeOf(p.value)), p.value).catch(report('access'));
     }, 120));
-    $('workspace-form').addEventListener('submit', (event) => {
-      event.preventDefault();
-      location.hash = `#access?workspace=${encodeURIComponent(ws.value.trim())}`;
-    });
-    $('principal-form').addEventListener('submit', (event) => {
-      event.preventDefault();
-      location.hash = `#access?principal=${encodeURIComponent(p.value.trim())}`;
-    });
   }
   $('access-error').textContent = '';
   if (params.get('workspace')) {
