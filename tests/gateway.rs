@@ -18,10 +18,11 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderName;
+use common::process::Proc;
 use common::{TestServer, copy_dir, copy_of_shipped, root, shipped};
 use orgwarden::Paths;
 use orgwarden::decision_log::{DecisionLog, LogTarget};
@@ -270,53 +271,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A child process, terminated (SIGTERM, then SIGKILL) when dropped.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn spawn(cmd: &mut Command, log: PathBuf) -> Proc {
-    let file = std::fs::File::create(&log).unwrap();
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    Proc { child, log }
-}
-
 /// The real binary serving the shipped model and routes on a free port.
 fn start_orgwarden(dir: &Path) -> (Proc, String) {
     let (proc, addr, _) = start_orgwarden_with(dir, &[]);
@@ -348,7 +302,7 @@ fn logged_address(proc: &mut Proc, marker: &str) -> String {
 fn start_orgwarden_with(dir: &Path, extra: &[&str]) -> (Proc, String, Option<String>) {
     let r = root();
     let log = dir.join("orgwarden.log");
-    let mut proc = spawn(
+    let mut proc = Proc::spawn(
         Command::new(env!("CARGO_BIN_EXE_orgwarden"))
             .args(["serve", "--listen", "127.0.0.1:0", "--decision-log", "off"])
             .arg("--policies")
@@ -586,7 +540,7 @@ async fn nginx_auth_request_enforces_the_policies() {
     );
     let conf_path = dir.path().join("nginx.conf");
     std::fs::write(&conf_path, conf).unwrap();
-    let mut gateway = spawn(
+    let mut gateway = Proc::spawn(
         Command::new(nginx)
             .arg("-p")
             .arg(dir.path())
@@ -627,7 +581,7 @@ async fn envoy_ext_authz_enforces_the_policies() {
     );
     let conf_path = dir.path().join("envoy.yaml");
     std::fs::write(&conf_path, conf).unwrap();
-    let mut gateway = spawn(
+    let mut gateway = Proc::spawn(
         Command::new(envoy).arg("-c").arg(&conf_path).args([
             "--disable-hot-restart",
             "--concurrency",
@@ -1207,7 +1161,7 @@ async fn envoy_grpc_ext_authz_enforces_the_policies() {
     );
     let conf_path = dir.path().join("envoy-grpc.yaml");
     std::fs::write(&conf_path, conf).unwrap();
-    let mut gateway = spawn(
+    let mut gateway = Proc::spawn(
         Command::new(envoy).arg("-c").arg(&conf_path).args([
             "--disable-hot-restart",
             "--concurrency",

@@ -6,6 +6,7 @@
 pub mod binary;
 pub mod http;
 pub mod pg;
+pub mod process;
 
 pub use binary::copy_dir;
 
