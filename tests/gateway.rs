@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderName;
-use common::process::Proc;
+use common::process::{Proc, free_port, locate};
 use common::{TestServer, copy_dir, copy_of_shipped, root, shipped};
 use orgwarden::Paths;
 use orgwarden::decision_log::{DecisionLog, LogTarget};
@@ -232,18 +232,6 @@ fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
 // Real gateways
 // ---------------------------------------------------------------------------
 
-/// The gateway program: `$ENV_VAR`, else on `PATH` (or an `sbin`).
-fn locate(program: &str, env_var: &str) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os(env_var) {
-        return Some(PathBuf::from(p));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/usr/local/bin"].map(PathBuf::from))
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-}
-
 /// The gateway program, or `None` (with a message) when it is missing and
 /// `CI` is not set. Under CI a missing gateway fails the test.
 fn require(program: &str, env_var: &str) -> Option<PathBuf> {
@@ -261,14 +249,6 @@ fn require(program: &str, env_var: &str) -> Option<PathBuf> {
         );
     }
     found
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The real binary serving the shipped model and routes on a free port.
