@@ -453,6 +453,40 @@ async fn provider_tokens_name_principals_and_reach_the_decision_apis() {
         }
     }
 
+    // The batch takes tokens item by item, beside items that name their
+    // principal.
+    let token = idp.access_token("carol-cli").await;
+    let want = expected(&w, r#"Prefect::User::"carol""#).await;
+    let mut requests: Vec<Value> = CASES
+        .iter()
+        .map(|(_, _, action, resource)| {
+            json!({ "token": token, "action": action, "resource": resource })
+        })
+        .collect();
+    requests.push(
+        json!({ "principal": r#"User::"carol""#, "action": CASES[0].2, "resource": CASES[0].3 }),
+    );
+    let resp = http()
+        .post(format!("{}/v1/is_authorized/batch", w.base))
+        .json(&json!({ "requests": requests }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    for (i, allow) in want.iter().enumerate() {
+        assert_eq!(
+            v["results"][i]["decision"] == "Allow",
+            *allow,
+            "item {i}: {v}"
+        );
+    }
+    assert_eq!(
+        v["results"][CASES.len()]["decision"] == "Allow",
+        want[0],
+        "{v}"
+    );
+
     // An ID token (audience: the web app's client id) names carol by `sub`.
     let id_token = idp.id_token("carol", "pwd,mfa").await;
     let (status, seen) = w.forward(CASES[0].0, CASES[0].1, &id_token).await;
