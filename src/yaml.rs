@@ -4,10 +4,14 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::path::Path;
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde::de::{MapAccess, Visitor};
 use serde_saphyr::MessageFormatter;
+
+use crate::diag::Diagnostic;
 
 /// A mapping read in document order (serde maps have no order).
 #[derive(Debug)]
@@ -70,4 +74,21 @@ pub fn message(e: &serde_saphyr::Error) -> String {
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
+}
+
+/// The YAML file `path` (its `text`) read as a `T`; a syntax or shape error
+/// is a diagnostic at its position: `invalid {what} file: ...`.
+pub fn parse_file<T: DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    what: &str,
+) -> Result<T, Diagnostic> {
+    serde_saphyr::from_str(text).map_err(|e| {
+        let at = e.location().as_ref().and_then(position);
+        Diagnostic::plain(
+            Some(path),
+            at,
+            format!("invalid {what} file: {}", message(&e)),
+        )
+    })
 }

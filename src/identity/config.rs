@@ -224,16 +224,10 @@ impl Compiler<'_> {
     }
 
     fn file(&mut self, f: &TextFile) {
-        let raw: RawFile = match serde_saphyr::from_str(&f.text) {
+        let raw: RawFile = match yaml::parse_file(&f.path, &f.text, "identity") {
             Ok(r) => r,
-            Err(e) => {
-                let message = yaml::message(&e);
-                let at = e.location().as_ref().and_then(yaml::position);
-                self.diags.push(Diagnostic::plain(
-                    Some(&f.path),
-                    at,
-                    format!("invalid identity file: {message}"),
-                ));
+            Err(d) => {
+                self.diags.push(d);
                 return;
             }
         };
