@@ -590,27 +590,22 @@ impl Store {
     /// Every entity and the revision they make up, read in one
     /// consistent transaction, sorted by uid.
     pub async fn snapshot(&self) -> Result<(u64, Vec<StoredEntity>), StoreError> {
-        let mut tx = self.read_tx().await?;
-        let (head, _) = Self::meta_in(&mut tx).await?;
-        let rows = sqlx::query("SELECT uid, json, revision FROM entities")
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut tags = tag_rows(&mut tx, None).await?;
-        tx.commit().await?;
-        let mut out = rows
-            .iter()
-            .map(stored_entity)
-            .collect::<Result<Vec<_>, _>>()?;
-        for e in &mut out {
-            if let Some(rows) = tags.remove(&e.uid) {
-                e.revision = e.revision.max(overlay(&mut e.json, rows));
-            }
-        }
-        out.sort_by(|a, b| a.uid.cmp(&b.uid));
+        let (head, texts) = self.snapshot_texts().await?;
+        let out = texts
+            .into_iter()
+            .map(|(uid, json, revision)| {
+                Ok(StoredEntity {
+                    json: parse_json(&format!("entity {uid}"), &json)?,
+                    revision,
+                    uid,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         Ok((head, out))
     }
 
-    /// [`Store::snapshot`] with each entity's JSON as text, sorted by uid:
+    /// Every entity with its JSON as text, sorted by uid, read in one
+    /// consistent transaction with the revision they make up:
     /// `(uid, json, revision)` (for a reader that parses them itself,
     /// without holding every entity as a JSON value).
     pub async fn snapshot_texts(&self) -> Result<(u64, Vec<(String, String, u64)>), StoreError> {
