@@ -564,20 +564,7 @@ fn store_mode_reads_the_live_facts() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("facts.db").display());
     let root = common::root();
-    let out = Command::new(env!("CARGO_BIN_EXE_orgwarden"))
-        .args(["facts", "import"])
-        .arg(root.join("entities"))
-        .args(["--into", &url, "--policies"])
-        .arg(root.join("policies"))
-        .arg("--schema")
-        .arg(root.join("schema"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::binary::import_facts(&root, &url);
     let token = "facts-token-for-the-console";
     let server = serve(&[
         "--no-watch",

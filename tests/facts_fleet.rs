@@ -95,20 +95,7 @@ fn run(args: &[&str], more: &[&Path]) -> Result<(), String> {
 fn import(url: &str) {
     let root = common::root();
     run(&["facts", "migrate", url], &[]).unwrap();
-    let out = orgwarden()
-        .args(["facts", "import"])
-        .arg(root.join("entities"))
-        .args(["--into", url, "--policies"])
-        .arg(root.join("policies"))
-        .arg("--schema")
-        .arg(root.join("schema"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::binary::import_facts(&root, url);
 }
 
 /// A running `orgwarden serve`, killed when dropped (also when a test

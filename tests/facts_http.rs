@@ -63,20 +63,7 @@ fn imported_store() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("facts.db").display());
     let root = common::root();
-    let out = orgwarden()
-        .args(["facts", "import"])
-        .arg(root.join("entities"))
-        .args(["--into", &url, "--policies"])
-        .arg(root.join("policies"))
-        .arg("--schema")
-        .arg(root.join("schema"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::binary::import_facts(&root, &url);
     (dir, url)
 }
 

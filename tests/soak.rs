@@ -41,26 +41,9 @@ fn post(addr: &str, path: &str, body: &Value) -> std::io::Result<(u16, Value)> {
     Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
 }
 
-fn orgwarden() -> std::process::Command {
-    std::process::Command::new(env!("CARGO_BIN_EXE_orgwarden"))
-}
-
 fn imported_store(dir: &Path, model: &Path) -> String {
     let url = format!("sqlite:{}", dir.join("facts.db").display());
-    let out = orgwarden()
-        .args(["facts", "import"])
-        .arg(model.join("entities"))
-        .args(["--into", &url, "--policies"])
-        .arg(model.join("policies"))
-        .arg("--schema")
-        .arg(model.join("schema"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::binary::import_facts(model, &url);
     url
 }
 

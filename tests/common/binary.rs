@@ -79,3 +79,24 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `orgwarden facts import` of the entities of `model` (a directory with
+/// `entities/`, `policies/` and `schema/`) into the store at `url`,
+/// validated against its policies and schema. Panics with the command's
+/// stderr when the import fails.
+pub fn import_facts(model: &Path, url: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_orgwarden"))
+        .args(["facts", "import"])
+        .arg(model.join("entities"))
+        .args(["--into", url, "--policies"])
+        .arg(model.join("policies"))
+        .arg("--schema")
+        .arg(model.join("schema"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
