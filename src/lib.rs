@@ -27,6 +27,11 @@
 
 #![forbid(unsafe_code)]
 
+/// Every binary built on this crate (the sidecar, its tests and benches)
+/// allocates with mimalloc: a decision makes and drops many small values.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod cli;
 pub mod console;
 pub mod diag;

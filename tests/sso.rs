@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use common::grpc;
 use common::process::{Proc, free_port, locate};
 use common::root;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -249,6 +250,16 @@ struct Warden {
 /// The real binary on the shipped model and routes, with `identity` and
 /// `policies` (default: the shipped ones).
 fn start_orgwarden(dir: &Path, identity: &str, policies: Option<&Path>) -> Warden {
+    start_orgwarden_with(dir, identity, policies, &[])
+}
+
+/// [`start_orgwarden`] with `extra` options.
+fn start_orgwarden_with(
+    dir: &Path,
+    identity: &str,
+    policies: Option<&Path>,
+    extra: &[&str],
+) -> Warden {
     let r = root();
     let identity_dir = dir.join("identity");
     std::fs::create_dir_all(&identity_dir).unwrap();
@@ -269,6 +280,7 @@ fn start_orgwarden(dir: &Path, identity: &str, policies: Option<&Path>) -> Warde
             .arg(r.join("routes"))
             .arg("--identity")
             .arg(&identity_dir)
+            .args(extra)
             .env("RUST_LOG", "info"),
         dir.join("orgwarden.log"),
     );
@@ -624,6 +636,69 @@ when { context has token && !(context.token has amr && context.token.amr.contain
     // Reading flows needs no MFA.
     let (status, seen) = w.forward(CASES[0].0, CASES[0].1, &id_token).await;
     assert_eq!(status, 200, "{seen}");
+}
+
+/// Envoy's gRPC ext_authz takes the bearer tokens forward-auth takes and
+/// decides as it does; a token that fails verification is a 401.
+#[tokio::test]
+async fn grpc_ext_authz_takes_tokens_as_forward_auth_does() {
+    if !node_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let keys = make_keys(&["k1"]);
+    let idp = Idp::start(dir.path(), &keys);
+    let mut w = start_orgwarden_with(
+        dir.path(),
+        &identity_yaml(&idp.issuer(), QUICK_CACHE),
+        None,
+        &["--grpc-listen", "127.0.0.1:0"],
+    );
+    let line = w.proc.wait_for("ext_authz gRPC listening on ", "orgwarden");
+    let grpc_addr = line.split_whitespace().next().unwrap().to_string();
+    let mut client = grpc::client(&grpc_addr).await;
+    let check = |method: &str, target: &str, token: &str| {
+        grpc::check_request(
+            method,
+            target,
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+    };
+    for (client_id, principal) in [
+        ("carol-cli", r#"Prefect::User::"carol""#),
+        ("ci-bot", r#"Prefect::ServiceAccount::"ci-bot""#),
+    ] {
+        let token = idp.access_token(client_id).await;
+        let want = expected(&w, principal).await;
+        for ((method, target, ..), allow) in CASES.iter().zip(want) {
+            let response = client.check(check(method, target, &token)).await.unwrap();
+            let got = grpc::answer(response.into_inner());
+            assert_eq!(
+                got.status,
+                if allow { 200 } else { 403 },
+                "{client_id} {method} {target}: {got:?}"
+            );
+            if allow {
+                assert_eq!(got.principal.as_deref(), Some(principal), "{got:?}");
+            }
+            let (status, seen) = w.forward(method, target, &token).await;
+            assert_eq!(status, got.status, "forward-auth: {seen}");
+        }
+    }
+    // The same claims signed by a key the provider never published.
+    let rogue = make_keys(&["k1"]);
+    let claims = json!({ "iss": idp.issuer(), "aud": "orgwarden", "sub": "carol-cli",
+        "preferred_username": "carol", "iat": now(), "exp": now() + 300 });
+    let forged = signed(&rogue, "k1", &claims);
+    let (method, target, ..) = CASES[0];
+    let response = client.check(check(method, target, &forged)).await.unwrap();
+    let got = grpc::answer(response.into_inner());
+    assert_eq!(
+        (got.status, got.code.as_str()),
+        (401, "invalid_token"),
+        "{got:?}"
+    );
+    assert_eq!(w.forward(method, target, &forged).await.0, 401);
 }
 
 #[tokio::test]

@@ -70,6 +70,9 @@ pub const API: &str = "ext_authz_grpc";
 /// How often the health service re-reads the sidecar's state.
 pub const HEALTH_PERIOD: Duration = Duration::from_millis(500);
 
+/// Idle time after which the kernel probes a connection (TCP keepalive).
+const KEEPALIVE: Duration = Duration::from_secs(30);
+
 /// How long a stopping server waits for gRPC connections to close.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
@@ -455,13 +458,16 @@ pub async fn serve(
         .max_encoding_message_size(limit);
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(Some(MAX_STREAMS))
         .add_service(health)
         .add_service(authorization)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener)
                 .with_nodelay(Some(true))
+                // A dead peer is found by TCP keepalive, not by HTTP/2
+                // pings: hyper polls a ping timer on every wake of a
+                // connection that has them, a cost on every check.
+                .with_keepalive(Some(KEEPALIVE))
                 .map(|accepted| accepted.map(Coalesced::new)),
             shutdown,
         )

@@ -216,25 +216,23 @@ fn query_field(message: &str) -> Option<String> {
     .then(|| field.to_string())
 }
 
-/// Middleware: every error answer leaves as `{"error": {"code", "message",
-/// "field"?}}`, including those of tower layers (408 from the timeout, 413
-/// from the body limit) and of axum's extractors and router (405, a bad
-/// path or query); heads too long for the contract are refused here too
-/// (414 for a URI over 8 KiB, 431 for headers over 32 KiB). Headers of the
-/// original answer (`Allow`, `Retry-After`) are kept.
-pub async fn json_errors(req: Request, next: axum::middleware::Next) -> Response {
+/// Heads too long for the contract, refused before any routing: 414 for a
+/// URI over 8 KiB, 431 for headers over 32 KiB.
+pub fn refuse_head(req: &Request) -> Option<Response> {
     const MAX_URI: usize = 8 * 1024;
     const MAX_HEADERS: usize = 32 * 1024;
     let uri = req.uri();
     let uri_len = uri.path_and_query().map_or(0, |p| p.as_str().len())
         + uri.authority().map_or(0, |a| a.as_str().len());
     if uri_len > MAX_URI {
-        return ApiError::new(
-            StatusCode::URI_TOO_LONG,
-            "uri_too_long",
-            format!("the URI is {uri_len} bytes, over the limit of {MAX_URI}"),
-        )
-        .into_response();
+        return Some(
+            ApiError::new(
+                StatusCode::URI_TOO_LONG,
+                "uri_too_long",
+                format!("the URI is {uri_len} bytes, over the limit of {MAX_URI}"),
+            )
+            .into_response(),
+        );
     }
     let header_len: usize = req
         .headers()
@@ -242,26 +240,36 @@ pub async fn json_errors(req: Request, next: axum::middleware::Next) -> Response
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
     if header_len > MAX_HEADERS {
-        return ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "headers_too_large",
-            format!("the headers are {header_len} bytes, over the limit of {MAX_HEADERS}"),
-        )
-        .into_response();
+        return Some(
+            ApiError::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                format!("the headers are {header_len} bytes, over the limit of {MAX_HEADERS}"),
+            )
+            .into_response(),
+        );
     }
-    let response = next.run(req).await;
+    None
+}
+
+/// Whether `response` must be rewritten by [`json_error`]: an error answer
+/// whose body is not JSON.
+pub fn needs_json(response: &Response) -> bool {
+    response.status().as_u16() >= 400
+        && !response
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"))
+}
+
+/// An error answer that is not JSON (from tower layers: 408 from the
+/// timeout, 413 from the body limit; from axum's extractors and router: 405,
+/// a bad path or query) rewritten as `{"error": {"code", "message",
+/// "field"?}}`, keeping the original answer's headers (`Allow`,
+/// `Retry-After`).
+pub async fn json_error(response: Response) -> Response {
     let status = response.status();
-    if status.as_u16() < 400 {
-        return response;
-    }
-    let is_json = response
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
-        return response;
-    }
     let (mut parts, body) = response.into_parts();
     let text = axum::body::to_bytes(body, 64 * 1024)
         .await

@@ -10,6 +10,7 @@ pub mod cedar;
 pub mod error;
 pub mod facts;
 pub mod forward_auth;
+pub mod layers;
 pub mod listen;
 pub mod ops;
 pub mod search;
@@ -19,10 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::Response;
 use axum::routing::{any, get, post};
 use sha2::{Digest, Sha256};
 use tower_http::timeout::TimeoutLayer;
@@ -280,22 +279,6 @@ fn require_bearer(
     }
 }
 
-/// Counts a request in flight until dropped: also when the request's
-/// future is dropped (a timeout, a client gone) before it answers.
-struct InFlight(Arc<App>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.pdp.metrics.in_flight.dec();
-    }
-}
-
-async fn count_in_flight(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    app.pdp.metrics.in_flight.inc();
-    let _counted = InFlight(app);
-    next.run(req).await
-}
-
 async fn overloaded() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -311,7 +294,7 @@ fn shedding_router(app: Arc<App>) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .fallback(overloaded)
-        .layer(middleware::from_fn(error::json_errors))
+        .layer(layers::JsonErrorsLayer)
         .with_state(app)
 }
 
@@ -363,12 +346,14 @@ pub fn router_with(app: Arc<App>, extra: Router<Arc<App>>) -> Router {
         .merge(extra)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn_with_state(app.clone(), count_in_flight))
+        .layer(layers::InFlightLayer::new(
+            app.pdp.metrics.in_flight.clone(),
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
-        .layer(middleware::from_fn(error::json_errors))
+        .layer(layers::JsonErrorsLayer)
         .with_state(app)
 }
 

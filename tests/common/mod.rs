@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod grpc;
 pub mod http;
 pub mod pg;
 pub mod process;
