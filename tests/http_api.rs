@@ -344,6 +344,14 @@ async fn bad_input_gets_a_json_error_naming_the_field() {
     let (status, body) = s.post_raw(AUTHZ, "{\"principal\": ").await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "malformed_json");
+    // One JSON value and nothing after it: a second request glued to the
+    // first is refused, not half-read.
+    let one = r#"{"principal": "User::\"bob\"", "action": "see_flows", "resource": "Workspace::\"acme-prod\""}"#;
+    let (status, body) = s.post_raw(AUTHZ, format!("{one}\n")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = s.post_raw(AUTHZ, format!("{one} {one}")).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "malformed_json");
     let (status, body) = s.post_raw(AUTHZ, vec![b' '; 5000]).await;
     assert_eq!(status, 413);
     assert_eq!(body["error"]["code"], "body_too_large");

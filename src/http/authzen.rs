@@ -15,8 +15,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::App;
 use super::error::{ApiError, JsonBody};
+use super::{App, MinRevision};
 use crate::engine::{RequestError, RequestInput};
 use crate::live_facts::At;
 use crate::names::EntityRef;
@@ -297,10 +297,10 @@ async fn evaluate(app: &App, snap: &At, e: &Evaluation) -> Result<Value, ApiErro
 
 pub async fn evaluation(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    MinRevision(min_revision): MinRevision,
     JsonBody(e): JsonBody<Evaluation>,
 ) -> Result<([(HeaderName, HeaderValue); 1], Json<Value>), ApiError> {
-    let snap = app.at(&headers).await?;
+    let snap = app.at_least(min_revision.as_ref()).await?;
     let body = evaluate(&app, &snap, &e).await?;
     Ok((super::revision_header(&snap), Json(body)))
 }
@@ -311,10 +311,10 @@ pub async fn evaluation(
 /// others. Without `evaluations` it is a single evaluation.
 pub async fn evaluations(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    MinRevision(min_revision): MinRevision,
     JsonBody(req): JsonBody<EvaluationsRequest>,
 ) -> Result<([(HeaderName, HeaderValue); 1], Json<Value>), ApiError> {
-    let snap = app.at(&headers).await?;
+    let snap = app.at_least(min_revision.as_ref()).await?;
     let defaults = req.defaults();
     let items = match &req.evaluations {
         Some(items) if !items.is_empty() => items,

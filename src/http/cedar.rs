@@ -4,12 +4,12 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::App;
 use super::error::{ApiError, JsonBody};
+use super::{App, MinRevision};
 use crate::engine::RequestInput;
 use crate::live_facts::At;
 use crate::pdp::{BatchMemo, Decided, Entry};
@@ -76,10 +76,10 @@ async fn decide_one(app: &App, snap: &At, input: &RequestInput) -> Result<Respon
 
 pub async fn is_authorized(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    MinRevision(min_revision): MinRevision,
     JsonBody(input): JsonBody<RequestInput>,
 ) -> Result<([(HeaderName, HeaderValue); 1], Json<ResponseBody>), ApiError> {
-    let snap = app.at(&headers).await?;
+    let snap = app.at_least(min_revision.as_ref()).await?;
     let mut body = decide_one(&app, &snap, &input).await?;
     body.revision = Some(snap.revision());
     Ok((super::revision_header(&snap), Json(body)))
@@ -98,12 +98,12 @@ pub struct BatchBody {
 /// batch with the index of the one at fault.
 pub async fn is_authorized_batch(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    MinRevision(min_revision): MinRevision,
     JsonBody(batch): JsonBody<BatchInput>,
 ) -> Result<([(HeaderName, HeaderValue); 1], Json<BatchBody>), ApiError> {
     app.check_batch_len(batch.requests.len(), "requests")?;
     app.check_total_entities(&batch.requests, "requests")?;
-    let snap = app.at(&headers).await?;
+    let snap = app.at_least(min_revision.as_ref()).await?;
     let mut results = Vec::with_capacity(batch.requests.len());
     let mut memo = BatchMemo::default();
     for (i, input) in batch.requests.iter().enumerate() {

@@ -113,9 +113,12 @@ pub fn check_content_type(headers: &axum::http::HeaderMap) -> Result<(), ApiErro
         .next()
         .unwrap_or_default()
         .trim()
-        .to_ascii_lowercase();
-    if essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+        .as_bytes();
+    let (prefix, suffix) = (b"application/".as_slice(), b"+json".as_slice());
+    if essence.eq_ignore_ascii_case(b"application/json")
+        || (essence.len() >= prefix.len() + suffix.len()
+            && essence[..prefix.len()].eq_ignore_ascii_case(prefix)
+            && essence[essence.len() - suffix.len()..].eq_ignore_ascii_case(suffix))
     {
         return Ok(());
     }
@@ -151,36 +154,47 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// Deserialize `bytes` as `T`, naming the field at fault.
+/// Deserialize `bytes` as `T` (one JSON value, nothing after it but
+/// whitespace), naming the field at fault.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let code = if inner.is_syntax() || inner.is_eof() {
-            "malformed_json"
-        } else {
-            "invalid_request"
-        };
-        let message = inner.to_string();
-        let root = path == "." || path == "?" || path.is_empty();
-        let field = match (named_field(&message), root) {
-            _ if code == "malformed_json" => None,
-            (Some(name), true) => Some(name),
-            (Some(name), false) if path == name || path.ends_with(&format!(".{name}")) => {
-                Some(path)
-            }
-            (Some(name), false) => Some(format!("{path}.{name}")),
-            (None, true) => None,
-            (None, false) => Some(path),
-        };
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code,
-            message,
-            field,
-        }
-    })
+    // A well-formed body is read once, without tracking where the reader is;
+    // a body at fault is read again to name the field.
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    if let Ok(value) = T::deserialize(&mut de)
+        && de.end().is_ok()
+    {
+        return Ok(value);
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| json_error_at(e.path().to_string(), e.into_inner()))?;
+    de.end().map_err(|e| json_error_at(String::new(), e))?;
+    Ok(value)
+}
+
+/// The 400 of a body that does not read as the expected JSON, at `path`.
+fn json_error_at(path: String, inner: serde_json::Error) -> ApiError {
+    let code = if inner.is_syntax() || inner.is_eof() {
+        "malformed_json"
+    } else {
+        "invalid_request"
+    };
+    let message = inner.to_string();
+    let root = path == "." || path == "?" || path.is_empty();
+    let field = match (named_field(&message), root) {
+        _ if code == "malformed_json" => None,
+        (Some(name), true) => Some(name),
+        (Some(name), false) if path == name || path.ends_with(&format!(".{name}")) => Some(path),
+        (Some(name), false) => Some(format!("{path}.{name}")),
+        (None, true) => None,
+        (None, false) => Some(path),
+    };
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code,
+        message,
+        field,
+    }
 }
 
 /// The code of an error status that no handler wrote (a layer's or an
@@ -300,4 +314,86 @@ pub async fn json_error(response: Response) -> Response {
 fn named_field(message: &str) -> Option<String> {
     let rest = message.split("field `").nth(1)?;
     Some(rest.split('`').next()?.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Probe {
+        n: u32,
+        inner: Option<Inner>,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Inner {
+        word: String,
+    }
+
+    #[test]
+    fn a_well_formed_body_reads_whatever_whitespace_follows() {
+        let probe: Probe = parse_json(b" {\"n\": 3, \"inner\": {\"word\": \"w\"}} \n").unwrap();
+        assert_eq!(probe.n, 3);
+        assert_eq!(probe.inner.unwrap().word, "w");
+    }
+
+    #[test]
+    fn anything_after_the_value_is_malformed() {
+        let e = parse_json::<Probe>(b"{\"n\": 3} {\"n\": 4}").unwrap_err();
+        assert_eq!(
+            (e.status, e.code, e.field),
+            (StatusCode::BAD_REQUEST, "malformed_json", None)
+        );
+        assert!(e.message.contains("trailing"), "{}", e.message);
+    }
+
+    #[test]
+    fn errors_name_the_field_at_fault() {
+        let e = parse_json::<Probe>(b"{\"n\": 3, \"inner\": {\"word\": 5}}").unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            ("invalid_request", Some("inner.word"))
+        );
+        let e = parse_json::<Probe>(b"{\"n\": 3, \"extra\": 1}").unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            ("invalid_request", Some("extra"))
+        );
+        let e = parse_json::<Probe>(b"{\"inner\": null}").unwrap_err();
+        assert_eq!((e.code, e.field.as_deref()), ("invalid_request", Some("n")));
+        let e = parse_json::<Probe>(b"{\"n\": ").unwrap_err();
+        assert_eq!((e.code, e.field), ("malformed_json", None));
+    }
+
+    #[test]
+    fn json_content_types_are_accepted_in_any_case() {
+        let with = |v: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(axum::http::header::CONTENT_TYPE, v.parse().unwrap());
+            check_content_type(&h).map_err(|e| e.code)
+        };
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/merge-patch+json",
+            "APPLICATION/VND.API+JSON",
+        ] {
+            assert_eq!(with(ok), Ok(()), "{ok}");
+        }
+        for refused in [
+            "text/plain",
+            "application/jsonx",
+            "json",
+            "application/json+xml",
+        ] {
+            assert_eq!(with(refused), Err("unsupported_media_type"), "{refused}");
+        }
+        assert_eq!(
+            check_content_type(&axum::http::HeaderMap::new()).map_err(|e| e.code),
+            Ok(())
+        );
+    }
 }

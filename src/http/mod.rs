@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::routing::{any, get, post};
 use sha2::{Digest, Sha256};
@@ -154,12 +155,18 @@ impl App {
     /// they reach the request's `Orgwarden-Min-Revision` (waiting up to the
     /// configured consistency wait, then `503 stale_facts`).
     pub async fn at(&self, headers: &HeaderMap) -> Result<At, ApiError> {
+        self.at_least(headers.get(&MIN_REVISION_HEADER)).await
+    }
+
+    /// [`App::at`] given the request's `Orgwarden-Min-Revision` header, if
+    /// any ([`MinRevision`]).
+    pub async fn at_least(&self, min_revision: Option<&HeaderValue>) -> Result<At, ApiError> {
         if let Some(facts) = &self.pdp.facts
             && !facts.ready()
         {
             return Err(facts::not_loaded());
         }
-        let Some(value) = headers.get(&MIN_REVISION_HEADER) else {
+        let Some(value) = min_revision else {
             return Ok(self.pdp.at());
         };
         let min = crate::pdp::parse_min_revision(value.as_bytes()).ok_or_else(|| {
@@ -275,6 +282,21 @@ fn require_bearer(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             unauthorized,
+        ))
+    }
+}
+
+/// The `Orgwarden-Min-Revision` header of a request, the one header a
+/// decision endpoint needs ([`App::at_least`]): extracted alone rather than
+/// copying every header of the request.
+pub struct MinRevision(pub Option<HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for MinRevision {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(MinRevision(
+            parts.headers.get(&MIN_REVISION_HEADER).cloned(),
         ))
     }
 }
