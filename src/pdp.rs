@@ -240,15 +240,7 @@ impl Pdp {
         input: &RequestInput,
         api: &'static str,
     ) -> Result<Decided, RequestError> {
-        let decided = if input.entities.is_some() || input.additional_entities.is_some() {
-            self.decide_with_request_facts(snap, input)
-                .await
-                .inspect_err(|e| self.count_error(e))?
-        } else {
-            self.decide(snap, input, None)?
-        };
-        self.log(&decided, api, None).await;
-        Ok(decided)
+        self.authorize_logged(snap, input, api, None).await
     }
 
     /// [`Pdp::authorize`] for one item of a batch decided against `snap`:
@@ -310,6 +302,19 @@ impl Pdp {
         issuer: &str,
         api: &'static str,
     ) -> Result<Decided, RequestError> {
+        self.authorize_logged(snap, input, api, Some(issuer)).await
+    }
+
+    /// Decide `input` against `snap` (with its own entities when it brings
+    /// any) and log the decision, naming `issuer` when a token named the
+    /// principal.
+    async fn authorize_logged(
+        &self,
+        snap: &At,
+        input: &RequestInput,
+        api: &'static str,
+        issuer: Option<&str>,
+    ) -> Result<Decided, RequestError> {
         let decided = if input.entities.is_some() || input.additional_entities.is_some() {
             self.decide_with_request_facts(snap, input)
                 .await
@@ -317,7 +322,7 @@ impl Pdp {
         } else {
             self.decide(snap, input, None)?
         };
-        self.log(&decided, api, Some(issuer)).await;
+        self.log(&decided, api, issuer).await;
         Ok(decided)
     }
 
