@@ -99,20 +99,7 @@ fn import(url: &str, entities: &Path) -> Duration {
         .unwrap();
     assert!(migrate.status.success());
     let started = Instant::now();
-    let out = orgwarden()
-        .args(["facts", "import"])
-        .arg(entities)
-        .args(["--into", url, "--policies"])
-        .arg(root.join("policies"))
-        .arg("--schema")
-        .arg(root.join("schema"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    binary::import_entities(entities, &root, url);
     started.elapsed()
 }
 

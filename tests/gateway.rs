@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderName;
-use common::process::{Proc, free_port, locate};
+use common::process::{Proc, free_port, locate, spawn_nginx};
 use common::{TestServer, copy_dir, copy_of_shipped, root, shipped};
 use orgwarden::Paths;
 use orgwarden::decision_log::{DecisionLog, LogTarget};
@@ -304,18 +304,6 @@ fn start_orgwarden_with(dir: &Path, extra: &[&str]) -> (Proc, String, Option<Str
     (proc, addr, grpc)
 }
 
-/// Wait until `port` accepts connections.
-fn wait_listening(port: u16, proc: &mut Proc, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline || matches!(proc.child.try_wait(), Ok(Some(_))) {
-            proc.stop();
-            panic!("{what} did not start:\n{}", proc.log());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The upstream: answers every request with what it received, as JSON.
 fn start_upstream() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -518,19 +506,7 @@ async fn nginx_auth_request_enforces_the_policies() {
             ("LISTEN", format!("127.0.0.1:{listen}")),
         ],
     );
-    let conf_path = dir.path().join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let mut gateway = Proc::spawn(
-        Command::new(nginx)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-e")
-            .arg("stderr")
-            .arg("-c")
-            .arg(&conf_path),
-        dir.path().join("nginx.log"),
-    );
-    wait_listening(listen, &mut gateway, "nginx");
+    let _gateway = spawn_nginx(&nginx, dir.path(), &conf, listen);
     check_through_gateway(
         &format!("http://127.0.0.1:{listen}"),
         &addr,
@@ -571,7 +547,7 @@ async fn envoy_ext_authz_enforces_the_policies() {
         ]),
         dir.path().join("envoy.log"),
     );
-    wait_listening(listen, &mut gateway, "envoy");
+    gateway.wait_listening(listen, "envoy");
     check_through_gateway(
         &format!("http://127.0.0.1:{listen}"),
         &addr,
@@ -1072,7 +1048,7 @@ async fn envoy_grpc_ext_authz_enforces_the_policies() {
         ]),
         dir.path().join("envoy.log"),
     );
-    wait_listening(listen, &mut gateway, "envoy");
+    gateway.wait_listening(listen, "envoy");
 
     // The decision's dynamic metadata reaches Envoy's access log.
     let flows = "/api/accounts/acme/workspaces/acme-prod/flows/f-1";

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use common::grpc;
-use common::process::{Proc, free_port, locate};
+use common::process::{Proc, free_port, locate, spawn_nginx};
 use common::root;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -1014,27 +1014,7 @@ async fn nginx_passes_carols_token_where_carol_may_go_and_nowhere_else() {
     ] {
         conf = conf.replace(&format!("{{{{{name}}}}}"), &value);
     }
-    let conf_path = dir.path().join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let gateway = Proc::spawn(
-        Command::new(nginx)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-e")
-            .arg("stderr")
-            .arg("-c")
-            .arg(&conf_path),
-        dir.path().join("nginx.log"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", listen)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nginx did not start:\n{}",
-            gateway.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let gateway = spawn_nginx(&nginx, dir.path(), &conf, listen);
     let token = idp.access_token("carol-cli").await;
     let gateway_url = format!("http://127.0.0.1:{listen}");
     let want = expected(&w, r#"Prefect::User::"carol""#).await;

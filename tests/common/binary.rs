@@ -85,9 +85,16 @@ pub fn copy_dir(from: &Path, to: &Path) {
 /// validated against its policies and schema. Panics with the command's
 /// stderr when the import fails.
 pub fn import_facts(model: &Path, url: &str) {
+    import_entities(&model.join("entities"), model, url);
+}
+
+/// `orgwarden facts import` of `entities` into the store at `url`,
+/// validated against the policies and schema of `model`. Panics with the
+/// command's stderr when the import fails.
+pub fn import_entities(entities: &Path, model: &Path, url: &str) {
     let out = Command::new(env!("CARGO_BIN_EXE_orgwarden"))
         .args(["facts", "import"])
-        .arg(model.join("entities"))
+        .arg(entities)
         .args(["--into", url, "--policies"])
         .arg(model.join("policies"))
         .arg("--schema")

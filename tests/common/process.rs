@@ -4,8 +4,8 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
-use std::path::PathBuf;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,19 @@ impl Proc {
         }
     }
 
+    /// Wait (30 s at most) until `port` on loopback accepts connections.
+    /// Panics, with the log, when the process exits first.
+    pub fn wait_listening(&mut self, port: u16, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline || matches!(self.child.try_wait(), Ok(Some(_))) {
+                self.stop();
+                panic!("{what} did not start:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM, then SIGKILL after 5 s.
     pub fn stop(&mut self) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
@@ -74,6 +87,25 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// nginx (the binary `nginx`) serving the configuration `conf` with `dir`
+/// as its prefix and log directory, once it listens on `listen`.
+pub fn spawn_nginx(nginx: &Path, dir: &Path, conf: &str, listen: u16) -> Proc {
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let mut proc = Proc::spawn(
+        Command::new(nginx)
+            .arg("-p")
+            .arg(dir)
+            .arg("-e")
+            .arg("stderr")
+            .arg("-c")
+            .arg(&conf_path),
+        dir.join("nginx.log"),
+    );
+    proc.wait_listening(listen, "nginx");
+    proc
 }
 
 /// A program the tests run: `$env_var`, else on `PATH` (or an `sbin`).
