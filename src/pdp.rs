@@ -43,6 +43,28 @@ pub fn parse_min_revision(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
+/// Why a request's `Orgwarden-Min-Revision` cannot be met; every transport
+/// answers `Invalid` with 400 `invalid_header` and `Behind` with 503
+/// `stale_facts`, with this as the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MinRevisionError {
+    /// The header is not a revision.
+    Invalid,
+    /// The facts are still behind it after the wait.
+    Behind(Behind),
+}
+
+impl std::fmt::Display for MinRevisionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MinRevisionError::Invalid => {
+                f.write_str("Orgwarden-Min-Revision must be a revision: a non-negative integer")
+            }
+            MinRevisionError::Behind(behind) => behind.fmt(f),
+        }
+    }
+}
+
 /// Facts still behind a requested minimum revision after the wait.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Behind {
@@ -193,6 +215,23 @@ impl Pdp {
             Some(facts) => facts.at(snap),
             None => At::files(snap),
         }
+    }
+
+    /// What a request decides against: the current facts, or, when it
+    /// carries an `Orgwarden-Min-Revision` (`min_revision`, the header's
+    /// value), the facts once they reach it, waiting up to `patience`.
+    pub async fn at_min_revision(
+        &self,
+        min_revision: Option<&[u8]>,
+        patience: Duration,
+    ) -> Result<At, MinRevisionError> {
+        let Some(value) = min_revision else {
+            return Ok(self.at());
+        };
+        let min = parse_min_revision(value).ok_or(MinRevisionError::Invalid)?;
+        self.at_least(min, patience)
+            .await
+            .map_err(MinRevisionError::Behind)
     }
 
     /// What to decide against once the facts reach revision `min` (a

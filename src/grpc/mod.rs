@@ -59,7 +59,7 @@ use tonic_health::ServingStatus;
 use crate::gateway::ForwardAuthConfig;
 use crate::gateway::check::{self, Allowed, Refused};
 use crate::gateway::forward_auth::{DECISION_ID_HEADER, PRINCIPAL_HEADER, Refusal};
-use crate::pdp::{Decided, MIN_REVISION_HEADER, Pdp, REVISION_HEADER, parse_min_revision};
+use crate::pdp::{Decided, MIN_REVISION_HEADER, MinRevisionError, Pdp, REVISION_HEADER};
 
 mod coalesce;
 use coalesce::Coalesced;
@@ -188,32 +188,24 @@ impl Authorizer {
     /// carries `Orgwarden-Min-Revision`, the facts once they reach it
     /// (waiting up to the consistency wait, as the HTTP APIs do).
     async fn at(&self, headers: &HeaderMap) -> Result<crate::live_facts::At, Refusal> {
-        let Some(value) = headers.get(MIN_REVISION_HEADER) else {
-            return Ok(self.pdp.at());
-        };
-        let refused = |status, code, message: String| Refusal {
-            status,
-            code,
-            message,
-            decision_id: None,
-            invalid_token: false,
-        };
-        let min = parse_min_revision(value.as_bytes()).ok_or_else(|| {
-            refused(
-                StatusCode::BAD_REQUEST,
-                "invalid_header",
-                "Orgwarden-Min-Revision must be a revision: a non-negative integer".into(),
-            )
-        })?;
         self.pdp
-            .at_least(min, self.config.consistency_wait)
+            .at_min_revision(
+                headers.get(MIN_REVISION_HEADER).map(|v| v.as_bytes()),
+                self.config.consistency_wait,
+            )
             .await
-            .map_err(|behind| {
-                refused(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "stale_facts",
-                    behind.to_string(),
-                )
+            .map_err(|e| {
+                let (status, code) = match e {
+                    MinRevisionError::Invalid => (StatusCode::BAD_REQUEST, "invalid_header"),
+                    MinRevisionError::Behind(_) => (StatusCode::SERVICE_UNAVAILABLE, "stale_facts"),
+                };
+                Refusal {
+                    status,
+                    code,
+                    message: e.to_string(),
+                    decision_id: None,
+                    invalid_token: false,
+                }
             })
     }
 

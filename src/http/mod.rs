@@ -29,7 +29,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::engine::RequestInput;
 use crate::live_facts::At;
-use crate::pdp::Pdp;
+use crate::pdp::{MinRevisionError, Pdp};
 use crate::request_facts::RequestEntities;
 use error::ApiError;
 
@@ -166,25 +166,21 @@ impl App {
         {
             return Err(facts::not_loaded());
         }
-        let Some(value) = min_revision else {
-            return Ok(self.pdp.at());
-        };
-        let min = crate::pdp::parse_min_revision(value.as_bytes()).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_header",
-                "Orgwarden-Min-Revision",
-                "Orgwarden-Min-Revision must be a revision: a non-negative integer",
-            )
-        })?;
         self.pdp
-            .at_least(min, self.config.consistency_wait)
+            .at_min_revision(
+                min_revision.map(HeaderValue::as_bytes),
+                self.config.consistency_wait,
+            )
             .await
-            .map_err(|behind| {
-                ApiError::new(
+            .map_err(|e| match e {
+                MinRevisionError::Invalid => {
+                    ApiError::bad_request("invalid_header", "Orgwarden-Min-Revision", e.to_string())
+                }
+                MinRevisionError::Behind(_) => ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "stale_facts",
-                    behind.to_string(),
-                )
+                    e.to_string(),
+                ),
             })
     }
 
